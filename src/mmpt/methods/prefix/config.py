@@ -1,0 +1,47 @@
+"""Configuration of deep prefix tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mmpt.config import check
+from mmpt.methods.base import MethodConfig
+
+
+@dataclass
+class PrefixConfig(MethodConfig):
+    """Deep prefix tuning (Li & Liang 2021; OFA prompt tuning; PT-PEFT stage 1).
+
+    Attributes:
+        length: prefix tokens per layer (the OFA paper recommends 64 for OFA; 10..120 studied).
+        towers: towers to inject into, by family tower name (``lm``, ``vision``, ``encoder``...).
+        layers: layer indices (negative counts from the end); empty means every layer.
+        reparam: ``none`` (prefixes are the parameters) or ``mlp`` (an embedding through a 2-layer MLP,
+            folded into plain prefixes by :meth:`PrefixMethod.fold`).
+        mlp_hidden: hidden width of the reparameterization MLP.
+        init: ``random`` (normal with ``init_std``) or ``text`` (keys/values the frozen model computes for
+            ``init_text``, repeated or cut to ``length``).
+        init_std: standard deviation of random initialization.
+        init_text: text used when ``init: text``.
+        dropout: dropout on the prefix keys/values during training.
+    """
+
+    name: str = "prefix"
+    length: int = 16
+    towers: list[str] = field(default_factory=lambda: ["lm"])
+    layers: list[int] = field(default_factory=list)
+    reparam: Literal["none", "mlp"] = "none"
+    mlp_hidden: int = 512
+    init: Literal["random", "text"] = "random"
+    init_std: float = 0.02
+    init_text: str = ""
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        check(self.length > 0, f"length: must be a positive number of prefix tokens, got {self.length}")
+        check(self.mlp_hidden > 0, f"mlp_hidden: must be positive, got {self.mlp_hidden}")
+        check(self.init_std > 0, f"init_std: must be positive, got {self.init_std}")
+        check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
+        check(len(self.towers) > 0, "towers: name at least one tower, e.g. [lm]")
+        check(self.init != "text" or bool(self.init_text), "init_text: give a text when init is 'text'")

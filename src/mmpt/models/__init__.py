@@ -1,0 +1,77 @@
+"""Model registry: ``load(name)`` returns a :class:`LoadedModel`; ``list_models()`` names what is available."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from mmpt.models.family import Family, Tower, attention_modules, get_submodule
+from mmpt.models.vlm import VisionLanguageModel, VLMProcessor
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for tuning: the module, its processor, and the family that says where to inject."""
+
+    name: str
+    model: nn.Module
+    processor: VLMProcessor
+    family: Family
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: how to build it, its family and a one-line description."""
+
+    name: str
+    builder: Callable[..., tuple[nn.Module, VLMProcessor]]
+    family: Family
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(entry: ModelEntry) -> None:
+    """Add a model to the registry (names are unique)."""
+    if entry.name in _REGISTRY:
+        raise ValueError(f"model '{entry.name}' is already registered")
+    _REGISTRY[entry.name] = entry
+
+
+def list_models() -> list[ModelEntry]:
+    """All registered models, sorted by name."""
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def load(name: str, **kwargs: Any) -> LoadedModel:
+    """Load a registered model by name, e.g. ``load("mmpt-tiny")``; keyword arguments go to its builder."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model '{name}'; registered models: {', '.join(sorted(_REGISTRY))}")
+    entry = _REGISTRY[name]
+    model, processor = entry.builder(**kwargs)
+    return LoadedModel(name=name, model=model, processor=processor, family=entry.family)
+
+
+def _register_builtin() -> None:
+    from mmpt.models import tiny
+
+    register_model(ModelEntry(
+        "mmpt-tiny", tiny.load_tiny, tiny.FAMILY,
+        "EfficientNet-Lite0 + MLP projector + SmolLM2-135M-Instruct; embedded, offline, pretrained projector",
+    ))
+    register_model(ModelEntry(
+        "mmpt-tiny-random", tiny.load_tiny_random, tiny.FAMILY,
+        "mmpt-tiny's architecture with a random 2-layer LM and random vision tower (tests)",
+    ))
+
+
+_register_builtin()
+
+__all__ = [
+    "Family", "LoadedModel", "ModelEntry", "Tower", "VLMProcessor", "VisionLanguageModel",
+    "attention_modules", "get_submodule", "list_models", "load", "register_model",
+]

@@ -1,0 +1,125 @@
+"""The config of a run (``mmpt train CONFIG``): model, data, method, training and evaluation sections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from mmpt.config import apply_overrides, check, from_dict, read_yaml
+from mmpt.methods import MethodConfig, PrefixConfig
+
+
+@dataclass
+class ModelConfig:
+    """Which model to load. ``name`` is a registered model (``mmpt models`` lists them)."""
+
+    name: str = "mmpt-tiny"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    projector_checkpoint: str = ""
+
+
+@dataclass
+class DataConfig:
+    """Training and evaluation data.
+
+    Attributes:
+        dataset: ``easy-vqa`` (questions) or ``easy-vqa-captions`` (one caption per image, plus the captioned
+            scikit-image photos when ``include_photos``).
+        train_size / eval_size: samples kept after a seeded shuffle (null keeps all for training).
+        question_types: easy-VQA types used for training (``color``, ``shape``, ``yes_no``).
+        eval_question_types: types used for evaluation (defaults to all three).
+        prompt_template: turns a question into the prompt; ``{question}`` is replaced.
+    """
+
+    dataset: Literal["easy-vqa", "easy-vqa-captions"] = "easy-vqa"
+    train_size: int | None = 2000
+    eval_size: int = 200
+    question_types: list[str] = field(default_factory=lambda: ["color", "shape", "yes_no"])
+    eval_question_types: list[str] = field(default_factory=lambda: ["color", "shape", "yes_no"])
+    prompt_template: str = "{question} Answer with one word."
+    include_photos: bool = True
+
+    def validate(self) -> None:
+        check(self.train_size is None or self.train_size > 0, f"train_size: must be positive, got {self.train_size}")
+        check(self.eval_size >= 0, f"eval_size: must be >= 0, got {self.eval_size}")
+        check("{question}" in self.prompt_template, "prompt_template: must contain {question}")
+        for key in ("question_types", "eval_question_types"):
+            bad = set(getattr(self, key)) - {"color", "shape", "yes_no"}
+            check(not bad, f"{key}: unknown type(s) {sorted(bad)}; use color, shape, yes_no")
+
+
+@dataclass
+class TrainConfig:
+    """Optimization. The schedule warms up linearly for ``warmup_ratio`` of the steps, then decays."""
+
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-2
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_ratio: float = 0.05
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float | None = 1.0
+    precision: Literal["no", "bf16", "fp16"] = "bf16"
+    num_workers: int = 0
+    log_every: int = 10
+
+    def validate(self) -> None:
+        check(self.epochs > 0, f"epochs: must be positive, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps > 0, f"max_steps: must be positive, got {self.max_steps}")
+        check(self.batch_size > 0, f"batch_size: must be positive, got {self.batch_size}")
+        check(self.grad_accum > 0, f"grad_accum: must be positive, got {self.grad_accum}")
+        check(self.lr > 0, f"lr: must be positive, got {self.lr}")
+        check(0 <= self.warmup_ratio < 1, f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        check(all(0 <= b < 1 for b in self.betas), f"betas: each must be in [0, 1), got {self.betas}")
+        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip: must be positive or null")
+
+
+@dataclass
+class EvalConfig:
+    """Generation-based evaluation: greedy decoding, exact match after normalization."""
+
+    batch_size: int = 16
+    max_new_tokens: int = 8
+    before: bool = True
+
+    def validate(self) -> None:
+        check(self.batch_size > 0, f"batch_size: must be positive, got {self.batch_size}")
+        check(self.max_new_tokens > 0, f"max_new_tokens: must be positive, got {self.max_new_tokens}")
+
+
+@dataclass
+class RunConfig:
+    """A whole run. ``output_dir/name`` receives its files; an existing run folder is never overwritten."""
+
+    name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=PrefixConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        check(bool(self.name) and "/" not in self.name, f"name: must be a plain folder name, got {self.name!r}")
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read ``path`` (YAML; None for defaults), apply ``key=value`` overrides and validate."""
+    data = read_yaml(path) if path is not None else {}
+    apply_overrides(data, overrides)
+    return from_dict(RunConfig, data)
+
+
+def smoke(config: RunConfig) -> RunConfig:
+    """Shrink any config to seconds: a few samples, two steps, short generations."""
+    return replace(
+        config,
+        data=replace(config.data, train_size=8, eval_size=4),
+        train=replace(config.train, epochs=1, max_steps=2, batch_size=min(config.train.batch_size, 4), log_every=1),
+        eval=replace(config.eval, batch_size=4, max_new_tokens=min(config.eval.max_new_tokens, 4)),
+    )

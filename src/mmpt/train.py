@@ -1,0 +1,193 @@
+"""The training loop: one readable function from config to run folder.
+
+``run(config)`` loads the model, applies the method, evaluates zero-shot, trains with AdamW under Accelerate
+(CPU, one or several GPUs via ``accelerate launch``), evaluates again and writes ``runs/<name>/``:
+``config.yaml``, ``metrics.json``, ``method.safetensors`` (method parameters only), ``log.csv``, ``report.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+
+from mmpt import methods, models
+from mmpt.config import to_dict
+from mmpt.data import Sample, easy_vqa_captions, load_easy_vqa, skimage_captions
+from mmpt.evaluate import accuracy, open_image, predict
+from mmpt.models import VLMProcessor
+from mmpt.report import write_report
+from mmpt.runconfig import RunConfig
+
+
+def build_data(config: RunConfig) -> tuple[list[Sample], list[Sample]]:
+    """(train, eval) samples for the configured dataset."""
+    d = config.data
+    if d.dataset == "easy-vqa":
+        train = load_easy_vqa("train", d.question_types, d.train_size, config.seed, d.prompt_template)
+        evals = load_easy_vqa("test", d.eval_question_types, d.eval_size, config.seed, d.prompt_template)
+        return train, evals
+    train = easy_vqa_captions("train") + (skimage_captions() if d.include_photos else [])
+    random.Random(config.seed).shuffle(train)
+    evals = easy_vqa_captions("test")
+    random.Random(config.seed).shuffle(evals)
+    return train[: d.train_size], evals[: d.eval_size]
+
+
+class Collator:
+    """Opens images and calls the processor: a list of samples -> a training batch."""
+
+    def __init__(self, processor: VLMProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        return self.processor(
+            [open_image(s.image) for s in samples], [s.prompt for s in samples], [s.target for s in samples]
+        )
+
+
+def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
+    """Multiplier of the base learning rate at each optimizer step."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return max(0.0, 1.0 - progress)
+
+    return f
+
+
+def unique_run_dir(config: RunConfig) -> Path:
+    """``output_dir/name``, or ``name-2``, ``name-3``... when it exists: earlier runs are never overwritten."""
+    base = Path(config.output_dir) / config.name
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{config.name}-{k}")
+    path.mkdir(parents=True)
+    return path
+
+
+def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate as ``config`` says; returns the metrics also written to ``metrics.json``."""
+    accelerator = Accelerator(
+        mixed_precision=config.train.precision, gradient_accumulation_steps=config.train.grad_accum
+    )
+    set_seed(config.seed)
+    out_dir = unique_run_dir(config) if accelerator.is_main_process else Path(config.output_dir) / config.name
+    say = accelerator.print
+    say(f"mmpt: run folder {out_dir}")
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+    model_kwargs: dict[str, Any] = {"attn_implementation": config.model.attn_implementation}
+    if config.model.projector_checkpoint:
+        model_kwargs["projector_checkpoint"] = config.model.projector_checkpoint
+    loaded = models.load(config.model.name, **model_kwargs)
+    model, processor = loaded.model.to(accelerator.device), loaded.processor
+    base_fingerprint = methods.fingerprint(model)
+    method = methods.apply(loaded, config.method)
+    counts = methods.count_parameters(loaded, method)
+    say(f"mmpt: method {config.method.name}: {counts['trainable']:,} trainable of {counts['total']:,} "
+        f"parameters ({counts['percent']:.4f}%)")
+
+    train_samples, eval_samples = build_data(config)
+    say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset})")
+    ev = config.eval
+
+    def evaluate(tag: str) -> dict[str, float]:
+        preds = predict(accelerator.unwrap_model(model), processor, eval_samples, ev.batch_size,
+                        ev.max_new_tokens, accelerator.autocast, progress)
+        with open(out_dir / f"predictions_{tag}.jsonl", "w") as f:
+            for s, p in zip(eval_samples, preds, strict=True):
+                f.write(json.dumps({"prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}) + "\n")
+        return accuracy(eval_samples, preds)
+
+    metrics: dict[str, Any] = {"parameters": counts}
+    if ev.before and eval_samples:
+        metrics["before"] = evaluate("before")
+        say(f"mmpt: before training: accuracy {metrics['before']['accuracy']:.3f}")
+
+    tc = config.train
+    loader = DataLoader(
+        train_samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(processor),
+        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(config.seed),
+    )
+    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
+    total = min(tc.max_steps or steps_per_epoch * tc.epochs, steps_per_epoch * tc.epochs)
+    optimizer = torch.optim.AdamW(method.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(tc.schedule, int(tc.warmup_ratio * total), total)
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    trainable = [p for p in method.parameters()]
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc="train", unit="step", disable=not (progress and accelerator.is_main_process))
+    log_rows: list[dict[str, float]] = []
+    step, seen, started, running = 0, 0, time.perf_counter(), float("nan")
+    model.train()
+    while step < total:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = model(**batch, use_cache=False).loss
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and tc.grad_clip:
+                    accelerator.clip_grad_norm_(trainable, tc.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            seen += batch["input_ids"].shape[0] * accelerator.num_processes
+            running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            rate = seen / (time.perf_counter() - started)
+            lr = scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+            bar.update(1)
+            if step % tc.log_every == 0 or step == total:
+                log_rows.append({"step": step, "loss": running, "lr": lr, "samples_per_s": rate})
+            if step >= total:
+                break
+    bar.close()
+    train_seconds = time.perf_counter() - started
+    model.eval()
+    metrics["train"] = {"steps": step, "samples": seen, "seconds": round(train_seconds, 1),
+                        "final_loss": running, "samples_per_s": seen / max(train_seconds, 1e-9)}
+
+    if eval_samples:
+        metrics["after"] = evaluate("after")
+        say(f"mmpt: after training: accuracy {metrics['after']['accuracy']:.3f}")
+    if accelerator.is_main_process:
+        methods.save(method, out_dir / "method.safetensors", base_fingerprint)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        with open(out_dir / "log.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "samples_per_s"])
+            writer.writeheader()
+            writer.writerows(log_rows)
+        table = write_report(out_dir, config, metrics)
+        say(table)
+    metrics["run_dir"] = str(out_dir)
+    return metrics
+
+
+def with_name(config: RunConfig, name: str) -> RunConfig:
+    """A copy of ``config`` with another run name."""
+    return replace(config, name=name)

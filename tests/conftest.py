@@ -1,0 +1,49 @@
+"""Shared fixtures. Everything runs offline: no hub access is ever attempted."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded pretrained mmpt-tiny (built into the user cache on first use)."""
+    from mmpt.models import load
+
+    return load("mmpt-tiny")
+
+
+def make_tiny(attn: str = "sdpa", seed: int = 0):
+    """A fresh tiny random mmpt-tiny with non-degenerate weights (std 0.2) so that outputs differ by input."""
+    from mmpt.models import load
+
+    loaded = load("mmpt-tiny-random", attn_implementation=attn, seed=seed)
+    with torch.no_grad():
+        for name, p in loaded.model.language_model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(hash(name) % 2**31 + seed))
+    return loaded
+
+
+@pytest.fixture
+def tiny():
+    return make_tiny()
+
+
+@pytest.fixture(scope="session")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+
+
+PROMPTS = ["what color is the shape?", "is there a red circle in the image at all?", "shape?"]
+ANSWERS = ["blue", "no", "triangle"]

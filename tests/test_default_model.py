@@ -1,0 +1,50 @@
+"""The embedded default VLM (real weights) and the quickstart job in smoke mode."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmpt.data import load_easy_vqa
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_default_model_loads_offline_and_generates(real_model):
+    sample = load_easy_vqa("test", limit=1)[0]
+    batch = real_model.processor([Image.open(sample.image)], [sample.prompt])
+    assert batch["input_ids"].shape[1] > 49
+    ids = real_model.model.generate(**batch, max_new_tokens=6, do_sample=False,
+                                    pad_token_id=real_model.processor.pad_token_id)
+    assert ids.shape[1] >= 1
+    text = real_model.processor.decode(ids)[0]
+    assert isinstance(text, str) and text
+
+
+def test_vision_tower_is_pretrained_and_frozen_batchnorm(real_model):
+    tower = real_model.model.vision
+    tower.train()
+    assert not tower.net.training
+    x = real_model.processor.image_transform(np.zeros((64, 64, 3), dtype=np.uint8))
+    feats = tower(x[None])
+    assert feats.shape == (1, 49, 1280)
+    assert torch.isfinite(feats).all()
+
+
+def test_quickstart_smoke(tmp_path):
+    from mmpt.cli import main
+
+    code = main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress",
+                 f"output_dir={tmp_path}"])
+    assert code == 0
+    run = tmp_path / "quickstart"
+    for name in ("config.yaml", "metrics.json", "method.safetensors", "report.md", "log.csv"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.0 <= metrics["after"]["accuracy"] <= 1.0 and metrics["train"]["steps"] == 2
+    # a second run never overwrites the first
+    assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress",
+                 f"output_dir={tmp_path}"]) == 0
+    assert (tmp_path / "quickstart-2" / "metrics.json").is_file()
