@@ -40,7 +40,7 @@ def test_quickstart_smoke(tmp_path):
                  f"output_dir={tmp_path}"])
     assert code == 0
     run = tmp_path / "quickstart"
-    for name in ("config.yaml", "metrics.json", "method.safetensors", "report.md", "log.csv"):
+    for name in ("config.yaml", "metrics.json", "prefix.safetensors", "report.md", "log.csv"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["after"]["accuracy"] <= 1.0 and metrics["train"]["steps"] == 2

@@ -44,7 +44,7 @@ def _cmd_pretrain_projector(args: argparse.Namespace) -> int:
     if args.smoke:
         config = smoke(config)
     metrics = run(config, progress=not args.no_progress)
-    trained = Path(metrics["run_dir"]) / "method.safetensors"
+    trained = Path(metrics["run_dir"]) / "projector.safetensors"
     if args.install:
         target = PROJECTOR_CHECKPOINT
         if target.exists():

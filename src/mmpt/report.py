@@ -23,10 +23,11 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any]) -> s
     """Write ``report.md`` and return the before/after table."""
     table = before_after_table(metrics)
     p, t = metrics["parameters"], metrics["train"]
+    stages = ", ".join(f"`{s['name']}` ({'+'.join(s['methods'])}, {s['steps']} steps)" for s in metrics["stages"])
     text = f"""# mmpt run `{out_dir.name}`
 
-- model: `{config.model.name}`; method: `{config.method.name}`
-  ({p['trainable']:,} trainable parameters, {p['percent']:.4f}% of {p['total']:,})
+- model: `{config.model.name}`; stages: {stages}
+  (last stage: {p['trainable']:,} trainable parameters, {p['percent']:.4f}% of {p['total']:,})
 - data: `{config.data.dataset}`, {t['samples']} training samples seen, evaluated on
   {metrics.get('after', metrics.get('before', {})).get('n', 0)} samples
 - training: {t['steps']} steps in {t['seconds']} s ({t['samples_per_s']:.2f} samples/s), final loss {t['final_loss']:.4f}
@@ -35,7 +36,7 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any]) -> s
 
 {table}
 
-Files: `config.yaml` (resolved config), `metrics.json`, `method.safetensors` (method parameters only),
+Files: `config.yaml` (resolved config), `metrics.json`, `<method>.safetensors` (method parameters only),
 `log.csv`, `predictions_*.jsonl`.
 """
     (out_dir / "report.md").write_text(text)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from mmpt.config import apply_overrides, check, from_dict, read_yaml
+from mmpt.config import ConfigError, apply_overrides, check, from_dict, read_yaml
 from mmpt.methods import MethodConfig, PrefixConfig
 
 
@@ -92,34 +92,80 @@ class EvalConfig:
 
 
 @dataclass
+class StageConfig:
+    """One stage of a run: the methods it trains and its optimization settings.
+
+    Methods applied in an earlier stage stay in the model; listing one again (same ``name``) keeps training
+    it — PT-PEFT's stage 2 is ``methods: [prefix, lora]``. Keys of ``train`` not given here come from the
+    run's top-level ``train`` section.
+    """
+
+    name: str = "stage"
+    methods: list[MethodConfig] = field(default_factory=lambda: [PrefixConfig()])
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        check(bool(self.methods), "methods: list at least one method, e.g. [{name: prefix}]")
+        names = [m.name for m in self.methods]
+        check(len(set(names)) == len(names), f"methods: each method once per stage, got {names}")
+
+
+@dataclass
 class RunConfig:
-    """A whole run. ``output_dir/name`` receives its files; an existing run folder is never overwritten."""
+    """A whole run. ``output_dir/name`` receives its files; an existing run folder is never overwritten.
+
+    Give either ``method`` (a single stage) or ``stages`` (a list run in order, ``rounds`` times).
+    """
 
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    method: MethodConfig = field(default_factory=PrefixConfig)
+    method: MethodConfig | None = None
+    stages: list[StageConfig] = field(default_factory=list)
+    rounds: int = 1
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
         check(bool(self.name) and "/" not in self.name, f"name: must be a plain folder name, got {self.name!r}")
+        check(self.method is None or not self.stages, "method: give either 'method' or 'stages', not both")
+        check(self.method is not None or bool(self.stages), "method: missing; give 'method' or 'stages'")
+        check(self.rounds > 0, f"rounds: must be positive, got {self.rounds}")
+
+    def stage_list(self) -> list[StageConfig]:
+        """The stages to run, in order (``method`` becomes one stage; ``rounds`` repeats the list)."""
+        if self.method is not None:
+            return [StageConfig(name=self.method.name, methods=[self.method], train=self.train)]
+        return [s for _ in range(self.rounds) for s in self.stages]
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read ``path`` (YAML; None for defaults), apply ``key=value`` overrides and validate."""
     data = read_yaml(path) if path is not None else {}
     apply_overrides(data, overrides)
+    shared = data.get("train") or {}
+    for i, stage in enumerate(data.get("stages") or []):
+        if isinstance(stage, dict) and isinstance(shared, dict):
+            own = stage.get("train") or {}
+            if not isinstance(own, dict):
+                raise ConfigError(f"stages[{i}].train: expected a mapping, got {own!r}")
+            stage["train"] = {**shared, **own}
     return from_dict(RunConfig, data)
 
 
+def _smoke_train(train: TrainConfig) -> TrainConfig:
+    return replace(train, epochs=1, max_steps=2, batch_size=min(train.batch_size, 4), grad_accum=1, log_every=1)
+
+
 def smoke(config: RunConfig) -> RunConfig:
-    """Shrink any config to seconds: a few samples, two steps, short generations."""
+    """Shrink any config to seconds: a few samples, two steps per stage, one round, short generations."""
     return replace(
         config,
         data=replace(config.data, train_size=8, eval_size=4),
-        train=replace(config.train, epochs=1, max_steps=2, batch_size=min(config.train.batch_size, 4), log_every=1),
+        train=_smoke_train(config.train),
+        stages=[replace(s, train=_smoke_train(s.train)) for s in config.stages],
+        rounds=1,
         eval=replace(config.eval, batch_size=4, max_new_tokens=min(config.eval.max_new_tokens, 4)),
     )

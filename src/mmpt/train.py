@@ -12,7 +12,6 @@ import json
 import math
 import random
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,15 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from mmpt import methods, models
-from mmpt.config import to_dict
+from mmpt.config import ConfigError, to_dict
 from mmpt.data import Sample, easy_vqa_captions, load_easy_vqa, skimage_captions
 from mmpt.evaluate import accuracy, open_image, predict
 from mmpt.models import VLMProcessor
 from mmpt.report import write_report
-from mmpt.runconfig import RunConfig
+from mmpt.runconfig import RunConfig, StageConfig
 
 
 def build_data(config: RunConfig) -> tuple[list[Sample], list[Sample]]:
@@ -86,8 +86,9 @@ def unique_run_dir(config: RunConfig) -> Path:
 
 def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate as ``config`` says; returns the metrics also written to ``metrics.json``."""
+    stages = config.stage_list()
     accelerator = Accelerator(
-        mixed_precision=config.train.precision, gradient_accumulation_steps=config.train.grad_accum
+        mixed_precision=stages[0].train.precision, gradient_accumulation_steps=stages[0].train.grad_accum
     )
     set_seed(config.seed)
     out_dir = unique_run_dir(config) if accelerator.is_main_process else Path(config.output_dir) / config.name
@@ -99,95 +100,126 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     if config.model.projector_checkpoint:
         model_kwargs["projector_checkpoint"] = config.model.projector_checkpoint
     loaded = models.load(config.model.name, **model_kwargs)
-    model, processor = loaded.model.to(accelerator.device), loaded.processor
-    base_fingerprint = methods.fingerprint(model)
-    method = methods.apply(loaded, config.method)
-    counts = methods.count_parameters(loaded, method)
-    say(f"mmpt: method {config.method.name}: {counts['trainable']:,} trainable of {counts['total']:,} "
-        f"parameters ({counts['percent']:.4f}%)")
-
+    loaded.model.to(accelerator.device)
+    for p in loaded.model.parameters():
+        p.requires_grad_(False)
+    base_fingerprint = methods.fingerprint(loaded.model)
     train_samples, eval_samples = build_data(config)
     say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset})")
-    ev = config.eval
 
     def evaluate(tag: str) -> dict[str, float]:
-        preds = predict(accelerator.unwrap_model(model), processor, eval_samples, ev.batch_size,
-                        ev.max_new_tokens, accelerator.autocast, progress)
+        ev = config.eval
+        preds = predict(loaded.model, loaded.processor, eval_samples, ev.batch_size, ev.max_new_tokens,
+                        accelerator.autocast, progress)
         with open(out_dir / f"predictions_{tag}.jsonl", "w") as f:
             for s, p in zip(eval_samples, preds, strict=True):
                 f.write(json.dumps({"prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}) + "\n")
         return accuracy(eval_samples, preds)
 
-    metrics: dict[str, Any] = {"parameters": counts}
-    if ev.before and eval_samples:
+    metrics: dict[str, Any] = {"stages": []}
+    if config.eval.before and eval_samples:
         metrics["before"] = evaluate("before")
         say(f"mmpt: before training: accuracy {metrics['before']['accuracy']:.3f}")
 
-    tc = config.train
-    loader = DataLoader(
-        train_samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(processor),
-        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(config.seed),
-    )
-    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
-    total = min(tc.max_steps or steps_per_epoch * tc.epochs, steps_per_epoch * tc.epochs)
-    optimizer = torch.optim.AdamW(method.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(tc.schedule, int(tc.warmup_ratio * total), total)
-    )
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    trainable = [p for p in method.parameters()]
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc="train", unit="step", disable=not (progress and accelerator.is_main_process))
-    log_rows: list[dict[str, float]] = []
-    step, seen, started, running = 0, 0, time.perf_counter(), float("nan")
-    model.train()
-    while step < total:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                loss = model(**batch, use_cache=False).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and tc.grad_clip:
-                    accelerator.clip_grad_norm_(trainable, tc.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-            seen += batch["input_ids"].shape[0] * accelerator.num_processes
-            running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
-            if not accelerator.sync_gradients:
-                continue
-            step += 1
-            rate = seen / (time.perf_counter() - started)
-            lr = scheduler.get_last_lr()[0]
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
-            bar.update(1)
-            if step % tc.log_every == 0 or step == total:
-                log_rows.append({"step": step, "loss": running, "lr": lr, "samples_per_s": rate})
-            if step >= total:
-                break
-    bar.close()
-    train_seconds = time.perf_counter() - started
-    model.eval()
-    metrics["train"] = {"steps": step, "samples": seen, "seconds": round(train_seconds, 1),
-                        "final_loss": running, "samples_per_s": seen / max(train_seconds, 1e-9)}
+    applied: dict[str, methods.Method] = {}
+    for index, stage in enumerate(stages):
+        for method_config in stage.methods:
+            if method_config.name not in applied:
+                applied[method_config.name] = methods.apply(loaded, method_config, freeze_base=False)
+            elif method_config not in (applied[method_config.name].config, type(method_config)()):
+                raise ConfigError(
+                    f"stages[{index}].methods: '{method_config.name}' was applied in an earlier stage with other "
+                    "settings; repeat it exactly or give only its name to keep training it"
+                )
+        active = [applied[m.name] for m in stage.methods]
+        for p in loaded.model.parameters():
+            p.requires_grad_(False)
+        for method in active:
+            for p in method.parameters():
+                p.requires_grad_(True)
+        counts = methods.count_parameters(loaded, active)
+        say(f"mmpt: stage {index + 1}/{len(stages)} '{stage.name}' trains {'+'.join(m.name for m in stage.methods)}: "
+            f"{counts['trainable']:,} of {counts['total']:,} parameters ({counts['percent']:.4f}%)")
+        stage_metrics = train_stage(accelerator, loaded.model, loaded.processor, active, stage, train_samples,
+                                    config.seed + index, out_dir, progress)
+        metrics["stages"].append({"name": stage.name, "methods": [m.name for m in stage.methods],
+                                  "parameters": counts, **stage_metrics})
+    metrics["parameters"] = metrics["stages"][-1]["parameters"]
+    metrics["train"] = {k: sum(s[k] for s in metrics["stages"]) for k in ("steps", "samples", "seconds")}
+    metrics["train"]["final_loss"] = metrics["stages"][-1]["final_loss"]
+    metrics["train"]["samples_per_s"] = metrics["train"]["samples"] / max(metrics["train"]["seconds"], 1e-9)
 
     if eval_samples:
         metrics["after"] = evaluate("after")
         say(f"mmpt: after training: accuracy {metrics['after']['accuracy']:.3f}")
     if accelerator.is_main_process:
-        methods.save(method, out_dir / "method.safetensors", base_fingerprint)
+        for name, method in applied.items():
+            methods.save(method, out_dir / f"{name}.safetensors", base_fingerprint)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        with open(out_dir / "log.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=["step", "loss", "lr", "samples_per_s"])
-            writer.writeheader()
-            writer.writerows(log_rows)
-        table = write_report(out_dir, config, metrics)
-        say(table)
+        say(write_report(out_dir, config, metrics))
     metrics["run_dir"] = str(out_dir)
     return metrics
 
 
-def with_name(config: RunConfig, name: str) -> RunConfig:
-    """A copy of ``config`` with another run name."""
-    return replace(config, name=name)
+def train_stage(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    processor: VLMProcessor,
+    active: list[methods.Method],
+    stage: StageConfig,
+    samples: list[Sample],
+    seed: int,
+    out_dir: Path,
+    progress: bool,
+) -> dict[str, float]:
+    """One stage: AdamW over the active methods' parameters, warm-up then decay, logged to ``log.csv``."""
+    tc = stage.train
+    loader = DataLoader(
+        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(processor),
+        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(seed),
+    )
+    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
+    total = min(tc.max_steps or steps_per_epoch * tc.epochs, steps_per_epoch * tc.epochs)
+    trainable = [p for m in active for p in m.parameters()]
+    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, int(tc.warmup_ratio * total), total))
+    accelerator.gradient_accumulation_steps = tc.grad_accum
+    wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    bar = tqdm(total=total, desc=stage.name, unit="step", disable=not (progress and accelerator.is_main_process))
+    log_path = out_dir / "log.csv"
+    new_log = not log_path.exists()
+    step, seen, started, running = 0, 0, time.perf_counter(), float("nan")
+    wrapped.train()
+    with open(log_path, "a", newline="") as log_file:
+        log = csv.DictWriter(log_file, fieldnames=["stage", "step", "loss", "lr", "samples_per_s"])
+        if new_log:
+            log.writeheader()
+        while step < total:
+            for batch in loader:
+                with accelerator.accumulate(wrapped):
+                    loss = wrapped(**batch, use_cache=False).loss
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and tc.grad_clip:
+                        accelerator.clip_grad_norm_(trainable, tc.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                seen += batch["input_ids"].shape[0] * accelerator.num_processes
+                running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                rate = seen / (time.perf_counter() - started)
+                lr = scheduler.get_last_lr()[0]
+                bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
+                bar.update(1)
+                if step % tc.log_every == 0 or step == total:
+                    log.writerow({"stage": stage.name, "step": step, "loss": running, "lr": lr, "samples_per_s": rate})
+                if step >= total:
+                    break
+    bar.close()
+    wrapped.eval()
+    seconds = time.perf_counter() - started
+    return {"steps": step, "samples": seen, "seconds": round(seconds, 1), "final_loss": running,
+            "samples_per_s": seen / max(seconds, 1e-9)}

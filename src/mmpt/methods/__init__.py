@@ -15,10 +15,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmpt.config import from_dict, to_dict
-from mmpt.methods import prefix, projector  # noqa: F401 - registration
+from mmpt.methods import adapter, lora, prefix, projector, selection, visual_prompt  # noqa: F401 - registration
+from mmpt.methods.adapter import AdapterConfig
 from mmpt.methods.base import Method, MethodConfig, MethodEntry, get_method, list_methods, register_method
+from mmpt.methods.lora import LoRAConfig
 from mmpt.methods.prefix import PrefixConfig
 from mmpt.methods.projector import ProjectorConfig
+from mmpt.methods.selection import BitFitConfig, FullConfig, HeadConfig
+from mmpt.methods.visual_prompt import VisualPromptConfig
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -33,6 +37,8 @@ def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -
     for p in method.parameters():
         p.requires_grad_(True)
     if isinstance(method, torch.nn.Module):
+        method.train(loaded.model.training)  # e.g. prefix dropout follows the model's mode
+    if isinstance(method, torch.nn.Module) and getattr(method, "attach", True):
         # Attach so that .to(device), DDP and optimizer sharding see the method's parameters.
         attach_name = f"{ATTACH_PREFIX}{config.name}"
         if hasattr(loaded.model, attach_name):
@@ -45,12 +51,14 @@ def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -
 ATTACH_PREFIX = "mmpt_"
 
 
-def count_parameters(loaded: LoadedModel, method: Method) -> dict[str, float]:
-    """Trainable (method) and total parameter counts, and the trainable percentage."""
-    method_params = {id(p): p.numel() for p in method.parameters()}
-    base = sum(p.numel() for p in loaded.model.parameters() if id(p) not in method_params)
-    trainable = sum(method_params.values())
-    return {"trainable": trainable, "total": base + trainable, "percent": 100.0 * trainable / (base + trainable)}
+def count_parameters(loaded: LoadedModel, trained: Method | list[Method]) -> dict[str, float]:
+    """Parameters trained by ``trained`` (one method or several), the model's total, and the percentage."""
+    trained = trained if isinstance(trained, list) else [trained]
+    counted = {id(p): p.numel() for m in trained for p in m.parameters()}
+    everything = {id(p): p.numel() for p in loaded.model.parameters()} | counted
+    total = sum(everything.values())
+    trainable = sum(counted.values())
+    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
 
 
 def fingerprint(model: torch.nn.Module) -> str:
@@ -100,6 +108,7 @@ def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True)
 
 
 __all__ = [
+    "AdapterConfig", "BitFitConfig", "FullConfig", "HeadConfig", "LoRAConfig",
     "Method", "MethodConfig", "MethodEntry", "PrefixConfig", "ProjectorConfig", "apply", "count_parameters",
-    "fingerprint", "get_method", "list_methods", "load", "register_method", "save",
+    "VisualPromptConfig", "fingerprint", "get_method", "list_methods", "load", "register_method", "save",
 ]

@@ -1,22 +1,26 @@
-"""Extra key/value tokens in front of attention, injected through transformers' attention-function interface.
+"""Extra key/value tokens in front of attention, injected without subclassing or editing HF classes.
 
-How it works (no HF class is subclassed or edited):
+Two routes, chosen per tower by the family description:
 
-1. The tower's config switches ``_attn_implementation`` from e.g. ``sdpa`` to ``mmpt_sdpa``: a registered
-   attention function that wraps the original one (SDPA stays SDPA, eager stays eager, flash stays flash).
-2. Each injected attention module gets a :class:`KVSlot`. Without a KV cache (training, encoders, gradient
-   checkpointing) the wrapper concatenates the slot's key/value tokens in front of the keys and values.
-3. With a KV cache (generation) a forward pre-hook on the attention module writes them into the cache once, at
-   prefill, so decoding steps read them from the cache instead of copying them again.
-4. Masks are right-aligned to the keys: the extra columns are always visible. A pre-hook on the tower's backbone
-   keeps the 2-D padding mask and default position ids consistent once the cache holds the extra tokens.
+``interface`` (most models): the tower's config switches ``_attn_implementation`` from e.g. ``sdpa`` to
+``mmpt_sdpa``, a registered attention function that wraps the original (SDPA stays SDPA, eager stays eager,
+flash stays flash). Without a KV cache (training, encoders, gradient checkpointing) the wrapper concatenates
+the module's extra keys/values in front of its own. With a cache (generation) a forward pre-hook writes them
+into the cache once, at prefill, so decoding steps read them from the cache instead of copying them again.
 
-Semantics: the injected tokens carry no position (keys are not rotated); real tokens keep the positions they
-would have without injection.
+``cache`` (fallback for attention that is computed outside the interface but appends to ``past_key_values``,
+e.g. BLIP's BERT-style text decoder): a pre-hook writes the tokens into the layer's cache (a throw-away cache
+when there is none) and the module's own concatenation puts them in front.
+
+Either way the cache layer *reports* only real tokens (``get_seq_length`` excludes the injected ones), so the
+model computes positions and masks exactly as without injection; masks are then right-aligned to the keys,
+with the injected columns visible to every query. Semantics: injected tokens carry no position (keys are not
+rotated) and real tokens keep the positions they have without injection.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -28,12 +32,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "mmpt_"
-CACHE_ATTR = "_mmpt_extra_kv"  # on a Cache object: {layer_idx: number of injected tokens}
 SLOT_ATTR = "_mmpt_kv_slot"  # on an attention module
-
-
-def _base_name(name: str) -> str:
-    return name.removeprefix(PREFIX)
+INJECTED_ATTR = "_mmpt_injected"  # on a cache layer: number of injected tokens
 
 
 def _base_function(module: nn.Module, base: str) -> Callable[..., Any]:
@@ -45,26 +45,30 @@ def _base_function(module: nn.Module, base: str) -> Callable[..., Any]:
     return ALL_ATTENTION_FUNCTIONS[base]
 
 
-def _align_mask(
+def align_mask(
     mask: torch.Tensor | None, q_len: int, kv_len: int, causal: bool, query: torch.Tensor, eager: bool
 ) -> torch.Tensor | None:
     """Right-align ``mask`` to ``kv_len`` keys: extra leading columns are visible; build one if needed."""
     if mask is None:
         if not causal or q_len == 1 or kv_len == q_len:
             return None
-        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)
-        mask = allowed[None, None]
+        allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - q_len)[None, None]
         if eager:
             zero = torch.zeros((), dtype=query.dtype, device=query.device)
-            return torch.where(mask, zero, torch.finfo(query.dtype).min)
-        return mask
+            return torch.where(allowed, zero, torch.finfo(query.dtype).min)
+        return allowed
     width = mask.shape[-1]
     if width == kv_len:
         return mask
     if width > kv_len:
         return mask[..., width - kv_len :]
+    return pad_mask(mask, kv_len - width)
+
+
+def pad_mask(mask: torch.Tensor, extra: int) -> torch.Tensor:
+    """Prepend ``extra`` visible key columns to a boolean or additive mask."""
     fill = True if mask.dtype == torch.bool else 0.0
-    pad = torch.full((*mask.shape[:-1], kv_len - width), fill, dtype=mask.dtype, device=mask.device)
+    pad = torch.full((*mask.shape[:-1], extra), fill, dtype=mask.dtype, device=mask.device)
     return torch.cat([pad, mask], dim=-1)
 
 
@@ -83,9 +87,7 @@ def _wrapped_attention(base: str) -> Callable[..., Any]:
             key = torch.cat([extra_k, key], dim=2)
             value = torch.cat([extra_v, value], dim=2)
         causal = bool(kwargs.get("is_causal", getattr(module, "is_causal", False)))
-        attention_mask = _align_mask(
-            attention_mask, query.shape[2], key.shape[2], causal, query, eager=base == "eager"
-        )
+        attention_mask = align_mask(attention_mask, query.shape[2], key.shape[2], causal, query, base == "eager")
         return _base_function(module, base)(module, query, key, value, attention_mask, **kwargs)
 
     return attention
@@ -106,11 +108,15 @@ class KVSlot:
     Args:
         provider: returns (key, value), each (num_kv_heads, length, head_dim), for this module.
         layer_idx: the module's cache layer index (decoders) or None.
+        cross: the module is a cross-attention (its cache is the cross-attention part).
     """
 
-    def __init__(self, provider: Callable[[], tuple[torch.Tensor, torch.Tensor]], layer_idx: int | None) -> None:
+    def __init__(
+        self, provider: Callable[[], tuple[torch.Tensor, torch.Tensor]], layer_idx: int | None, cross: bool = False
+    ) -> None:
         self.provider = provider
         self.layer_idx = layer_idx
+        self.cross = cross
         self.active = True
         self.in_cache = False
 
@@ -122,6 +128,47 @@ class KVSlot:
             v.to(dtype).unsqueeze(0).expand(batch, -1, -1, -1),
         )
 
+    def write_to_cache(self, cache: Any, batch: int, dtype: torch.dtype) -> int:
+        """Write the tokens into this layer of ``cache`` unless already there; return how many it holds."""
+        if hasattr(cache, "self_attention_cache"):  # encoder-decoder cache
+            cache = cache.cross_attention_cache if self.cross else cache.self_attention_cache
+        layers = getattr(cache, "layers", [])
+        if self.layer_idx < len(layers) and hasattr(layers[self.layer_idx], INJECTED_ATTR):
+            return getattr(layers[self.layer_idx], INJECTED_ATTR)
+        k, v = self.provide(batch, dtype)
+        cache.update(k, v, self.layer_idx)
+        layer = cache.layers[self.layer_idx]
+        n = k.shape[2]
+        real_length = layer.get_seq_length
+        setattr(layer, INJECTED_ATTR, n)
+        layer.get_seq_length = lambda: max(real_length() - n, 0)  # report real tokens only
+        return n
+
+
+class _Call:
+    """Read and replace named arguments of a hooked forward call, whether passed by position or keyword."""
+
+    def __init__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        params = inspect.signature(module.forward).parameters.values()
+        self.names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.args, self.kwargs = list(args), dict(kwargs)
+
+    def get(self, name: str) -> Any:
+        if name in self.kwargs:
+            return self.kwargs[name]
+        if name in self.names and self.names.index(name) < len(self.args):
+            return self.args[self.names.index(name)]
+        return None
+
+    def set(self, name: str, value: Any) -> None:
+        if name in self.names and self.names.index(name) < len(self.args):
+            self.args[self.names.index(name)] = value
+        else:
+            self.kwargs[name] = value
+
+    def result(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return tuple(self.args), self.kwargs
+
 
 class KVInjection:
     """Installs :class:`KVSlot` s on attention modules; :meth:`remove` restores the model exactly.
@@ -129,14 +176,16 @@ class KVInjection:
     Args:
         modules: the attention modules to inject into.
         providers: one provider per module.
-        backbone: for decoder towers, the module that owns the layers (gets the cache-consistency hook).
+        cross: the modules are cross-attention (keys from the encoder).
+        mode: ``interface`` or ``cache`` (see the module docstring).
     """
 
     def __init__(
         self,
         modules: list[nn.Module],
         providers: list[Callable[[], tuple[torch.Tensor, torch.Tensor]]],
-        backbone: nn.Module | None = None,
+        cross: bool = False,
+        mode: str = "interface",
     ) -> None:
         self.modules = modules
         self.slots: list[KVSlot] = []
@@ -145,65 +194,53 @@ class KVInjection:
         for module, provider in zip(modules, providers, strict=True):
             if getattr(module, SLOT_ATTR, None) is not None:
                 raise ValueError(f"{type(module).__name__} already has injected key/value tokens")
-            config = getattr(module, "config", None)
-            current = getattr(config, "_attn_implementation", None)
-            if config is None or current is None:
-                raise ValueError(
-                    f"{type(module).__name__} does not dispatch through transformers' attention interface"
-                )
-            if id(config) not in self._configs:
-                self._configs[id(config)] = (config, current)
-                config._attn_implementation = ensure_registered(_base_name(current))
-            slot = KVSlot(provider, getattr(module, "layer_idx", None))
+            slot = KVSlot(provider, getattr(module, "layer_idx", None), cross)
+            hook = self._interface_hook(module, slot) if mode == "interface" else self._cache_hook(module, slot)
+            self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             setattr(module, SLOT_ATTR, slot)
-            self._handles.append(module.register_forward_pre_hook(self._cache_hook(slot), with_kwargs=True))
             self.slots.append(slot)
-        if backbone is not None:
-            self._handles.append(backbone.register_forward_pre_hook(self._backbone_hook, with_kwargs=True))
 
-    @staticmethod
-    def _cache_hook(slot: KVSlot) -> Callable[..., Any]:
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            cache = kwargs.get("past_key_values")
+    def _interface_hook(self, module: nn.Module, slot: KVSlot) -> Callable[..., None]:
+        config = getattr(module, "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        if config is None or current is None:
+            raise ValueError(f"{type(module).__name__} does not dispatch through transformers' attention interface")
+        if id(config) not in self._configs:
+            self._configs[id(config)] = (config, current)
+            config._attn_implementation = ensure_registered(current.removeprefix(PREFIX))
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            cache = _Call(mod, args, kwargs).get("past_key_values")
             slot.in_cache = cache is not None and slot.active and slot.layer_idx is not None
-            if not slot.in_cache:
-                return
-            injected = getattr(cache, CACHE_ATTR, None)
-            if injected is None:
-                injected = {}
-                setattr(cache, CACHE_ATTR, injected)
-            if slot.layer_idx not in injected:
-                hidden = kwargs.get("hidden_states", args[0] if args else None)
-                k, v = slot.provide(hidden.shape[0], hidden.dtype)
-                cache.update(k, v, slot.layer_idx)
-                injected[slot.layer_idx] = k.shape[2]
+            if slot.in_cache:
+                hidden = _Call(mod, args, kwargs).get("hidden_states")
+                slot.write_to_cache(cache, hidden.shape[0], hidden.dtype)
 
         return hook
 
     @staticmethod
-    def _backbone_hook(
-        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        cache = kwargs.get("past_key_values")
-        injected = getattr(cache, CACHE_ATTR, None) if cache is not None else None
-        if not injected:
-            return None
-        from transformers.masking_utils import find_first_full_attention_index
+    def _cache_hook(module: nn.Module, slot: KVSlot) -> Callable[..., Any]:
+        from transformers import DynamicCache
 
-        ref = find_first_full_attention_index(cache)
-        extra = injected.get(ref, 0)
-        seen = cache.get_seq_length(ref) - extra  # real tokens already in the cache
-        embeds = kwargs.get("inputs_embeds")
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        q_len = (embeds if embeds is not None else ids).shape[1]
-        mask = kwargs.get("attention_mask")
-        if extra and isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[1] == seen + q_len:
-            ones = torch.ones(mask.shape[0], extra, dtype=mask.dtype, device=mask.device)
-            kwargs["attention_mask"] = torch.cat([ones, mask], dim=1)
-        if kwargs.get("position_ids") is None:
-            device = (embeds if embeds is not None else ids).device
-            kwargs["position_ids"] = torch.arange(seen, seen + q_len, device=device).unsqueeze(0)
-        return args, kwargs
+        if slot.layer_idx is None:
+            raise ValueError(f"{type(module).__name__} has no layer_idx; it cannot take cached key/values")
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if not slot.active:
+                return None
+            call = _Call(mod, args, kwargs)
+            cache = call.get("past_key_values")
+            if cache is None:
+                cache = DynamicCache()
+                call.set("past_key_values", cache)
+            hidden = call.get("hidden_states")
+            n = slot.write_to_cache(cache, hidden.shape[0], hidden.dtype)
+            mask = call.get("attention_mask")
+            if isinstance(mask, torch.Tensor):
+                call.set("attention_mask", pad_mask(mask, n))
+            return call.result()
+
+        return hook
 
     def set_active(self, active: bool) -> None:
         """Temporarily switch the injected tokens off (``False``) or on."""
@@ -220,3 +257,35 @@ class KVInjection:
         for config, original in self._configs.values():
             config._attn_implementation = original
         self._handles, self.slots, self._configs = [], [], {}
+
+
+def projections(module: nn.Module) -> tuple[nn.Linear, nn.Linear]:
+    """The key and value projections of an attention module (``k_proj``/``v_proj`` or ``key``/``value``)."""
+    for k_name, v_name in (("k_proj", "v_proj"), ("key", "value")):
+        k, v = getattr(module, k_name, None), getattr(module, v_name, None)
+        if isinstance(k, nn.Linear) and isinstance(v, nn.Linear):
+            return k, v
+    raise ValueError(f"{type(module).__name__} has no separate key/value projections")
+
+
+def kv_layout(module: nn.Module) -> tuple[int, int]:
+    """(num_kv_heads, head_dim) of an attention module, from its key projection or its head attributes."""
+    head_dim = getattr(module, "head_dim", None) or getattr(module, "attention_head_size", None)
+    try:
+        key_out: int | None = projections(module)[0].out_features
+    except ValueError:
+        key_out = None  # fused QKV projection: rely on the head attributes
+    config = getattr(module, "config", None)
+    heads = (
+        getattr(module, "num_key_value_heads", None)
+        or getattr(config, "num_key_value_heads", None)
+        or getattr(module, "num_heads", None)
+        or getattr(module, "num_attention_heads", None)
+    )
+    if key_out is not None and head_dim:
+        return key_out // head_dim, head_dim
+    if key_out is not None and heads:
+        return heads, key_out // heads
+    if heads and head_dim:
+        return heads, head_dim
+    raise ValueError(f"cannot read the key/value head layout of {type(module).__name__}")

@@ -18,7 +18,7 @@ class LoadedModel:
 
     name: str
     model: nn.Module
-    processor: VLMProcessor
+    processor: Any
     family: Family
 
 
@@ -48,16 +48,32 @@ def list_models() -> list[ModelEntry]:
 
 
 def load(name: str, **kwargs: Any) -> LoadedModel:
-    """Load a registered model by name, e.g. ``load("mmpt-tiny")``; keyword arguments go to its builder."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model '{name}'; registered models: {', '.join(sorted(_REGISTRY))}")
-    entry = _REGISTRY[name]
-    model, processor = entry.builder(**kwargs)
-    return LoadedModel(name=name, model=model, processor=processor, family=entry.family)
+    """Load a model: a registered name (``load("mmpt-tiny")``), a local checkpoint folder, or a hub id that is
+    already in the local HF cache (``load("llava-hf/llava-1.5-7b-hf")``). Nothing is downloaded.
+
+    Keyword arguments go to the builder (registered models) or to ``from_pretrained`` (checkpoints).
+    """
+    if name in _REGISTRY:
+        entry = _REGISTRY[name]
+        model, processor = entry.builder(**kwargs)
+        return LoadedModel(name=name, model=model, processor=processor, family=entry.family)
+    from mmpt.models.families import family_for_model_type
+    from mmpt.models.hf import load_pretrained, resolve_local
+
+    folder = resolve_local(name)
+    if folder is None:
+        raise ValueError(
+            f"unknown model '{name}': not a registered model ({', '.join(sorted(_REGISTRY))}), not a local "
+            "folder, and not in the local Hugging Face cache (mmpt never downloads; fetch it with "
+            "`huggingface-cli download` on a connected machine first)"
+        )
+    model, processor, model_type = load_pretrained(folder, **kwargs)
+    return LoadedModel(name=name, model=model, processor=processor, family=family_for_model_type(model_type).FAMILY)
 
 
 def _register_builtin() -> None:
     from mmpt.models import tiny
+    from mmpt.models.families import FAMILY_MODULES
 
     register_model(ModelEntry(
         "mmpt-tiny", tiny.load_tiny, tiny.FAMILY,
@@ -67,6 +83,13 @@ def _register_builtin() -> None:
         "mmpt-tiny-random", tiny.load_tiny_random, tiny.FAMILY,
         "mmpt-tiny's architecture with a random 2-layer LM and random vision tower (tests)",
     ))
+    for fam_name, module in FAMILY_MODULES.items():
+        register_model(ModelEntry(
+            f"{fam_name}-tiny-random",
+            lambda seed=0, _m=module, **kw: (_m.build_tiny(seed, **kw), None),
+            module.FAMILY,
+            f"tiny random-initialised {fam_name} (tests); real checkpoints load by path or hub id",
+        ))
 
 
 _register_builtin()

@@ -24,8 +24,12 @@ class Tower:
         module: dotted path of the tower's root module inside the model.
         layers: dotted path of its ``ModuleList`` of blocks (transformer towers).
         attention: path of the self-attention module inside one block, e.g. ``self_attn``.
-        backbone: dotted path of the module that owns the blocks and receives ``attention_mask`` /
-            ``past_key_values`` (decoders), used to keep masks and positions consistent with a KV cache.
+        backbone: dotted path of the module that owns the blocks and embeds the inputs (where prompt
+            methods prepend tokens).
+        cross_attention: path of the cross-attention module inside one block (encoder-decoder decoders).
+        injection: how key/value tokens reach its attention: ``interface`` (transformers' attention
+            functions), ``cache`` (fallback for modules that append to a ``past_key_values`` cache themselves) or ``none`` (not possible,
+            e.g. fused QKV projections computed outside the interface).
     """
 
     kind: TowerKind
@@ -33,6 +37,8 @@ class Tower:
     layers: str = ""
     attention: str = ""
     backbone: str = ""
+    cross_attention: str = ""
+    injection: Literal["interface", "cache", "none"] = "interface"
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,11 @@ class Family:
     name: str
     towers: dict[str, Tower]
     projector: str = ""
+    head: str = ""
     notes: str = ""
-    aliases: tuple[str, ...] = field(default_factory=tuple)
+    model_types: tuple[str, ...] = ()
+    hf_class: str = ""
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def tower(self, name: str) -> Tower:
         """The tower called ``name``; a clear error lists the towers that exist."""
@@ -52,6 +61,16 @@ class Family:
                 f"model family '{self.name}' has no tower '{name}'; it has: {', '.join(sorted(self.towers))}"
             )
         return self.towers[name]
+
+    def resolve(self, names: list[str]) -> list[str]:
+        """Tower names with presets expanded (e.g. Florence-2's ``lm`` -> ``encoder``, ``decoder``)."""
+        out: list[str] = []
+        for name in names:
+            for tower in self.aliases.get(name, (name,)):
+                self.tower(tower)
+                if tower not in out:
+                    out.append(tower)
+        return out
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:
@@ -62,9 +81,17 @@ def get_submodule(root: nn.Module, path: str) -> nn.Module:
         raise ValueError(f"module path '{path}' not found in {type(root).__name__}: {exc}") from exc
 
 
-def attention_modules(root: nn.Module, tower: Tower) -> list[nn.Module]:
-    """The self-attention module of every block of a transformer tower, in layer order."""
+def blocks(root: nn.Module, tower: Tower) -> list[nn.Module]:
+    """The blocks (layers) of a transformer tower, in order."""
     if tower.kind == "cnn":
-        raise ValueError(f"tower '{tower.module}' is a CNN and has no attention layers")
-    layers = get_submodule(root, tower.layers)
-    return [get_submodule(block, tower.attention) for block in layers]
+        raise ValueError(f"tower '{tower.module}' is a CNN and has no transformer layers")
+    return list(get_submodule(root, tower.layers))
+
+
+def attention_modules(root: nn.Module, tower: Tower, cross: bool = False) -> list[nn.Module]:
+    """The self-attention (or, with ``cross``, cross-attention) module of every block, in layer order."""
+    path = tower.cross_attention if cross else tower.attention
+    if not path:
+        kind = "cross-attention" if cross else "attention"
+        raise ValueError(f"tower '{tower.module}' declares no {kind} modules")
+    return [get_submodule(block, path) for block in blocks(root, tower)]

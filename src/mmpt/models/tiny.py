@@ -47,6 +47,8 @@ FAMILY = Family(
         "vision": Tower(kind="cnn", module="vision"),
     },
     projector="projector",
+    head="language_model.lm_head",
+    model_types=("mmpt-tiny",),
     notes="EfficientNet-Lite0 (CNN) + MLP projector + SmolLM2-135M-Instruct (Llama).",
 )
 

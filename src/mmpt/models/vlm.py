@@ -64,6 +64,14 @@ class VisionLanguageModel(nn.Module):
         """The language model's config (what generation and attention dispatch read)."""
         return self.language_model.config
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The LM's token embedding layer."""
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        """The LM's output layer."""
+        return self.language_model.get_output_embeddings()
+
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Visual tokens in the LM embedding space, shape (B, N, text_dim)."""
         return self.projector(self.vision(pixel_values))

@@ -15,10 +15,14 @@ class PrefixConfig(MethodConfig):
 
     Attributes:
         length: prefix tokens per layer (the OFA paper recommends 64 for OFA; 10..120 studied).
-        towers: towers to inject into, by family tower name (``lm``, ``vision``, ``encoder``...).
+        towers: towers to inject into, by family tower name (``lm``, ``vision``, ``encoder``, ``decoder``...).
+            For encoder-decoder families ``lm`` means both: the OFA paper's depth presets are
+            ``[encoder]``, ``[decoder]`` and ``[encoder, decoder]``.
+        cross_attention: also prefix the cross-attention of decoder towers that have it.
         layers: layer indices (negative counts from the end); empty means every layer.
-        reparam: ``none`` (prefixes are the parameters) or ``mlp`` (an embedding through a 2-layer MLP,
-            folded into plain prefixes by :meth:`PrefixMethod.fold`).
+        reparam: ``none`` (prefixes are the parameters), ``mlp`` (an embedding through a 2-layer MLP, Li &
+            Liang 2021) or ``mlp_type`` (PT-PEFT's prefix encoder: embedding + a learned prefix-type embedding,
+            LayerNorm, then the MLP). Both fold into plain prefixes with :meth:`PrefixMethod.fold`.
         mlp_hidden: hidden width of the reparameterization MLP.
         init: ``random`` (normal with ``init_std``) or ``text`` (keys/values the frozen model computes for
             ``init_text``, repeated or cut to ``length``).
@@ -31,7 +35,8 @@ class PrefixConfig(MethodConfig):
     length: int = 16
     towers: list[str] = field(default_factory=lambda: ["lm"])
     layers: list[int] = field(default_factory=list)
-    reparam: Literal["none", "mlp"] = "none"
+    cross_attention: bool = False
+    reparam: Literal["none", "mlp", "mlp_type"] = "none"
     mlp_hidden: int = 512
     init: Literal["random", "text"] = "random"
     init_std: float = 0.02

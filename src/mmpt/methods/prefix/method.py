@@ -2,34 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mmpt.methods.base import MethodEntry, register_method
-from mmpt.methods.kv import KVInjection
+from mmpt.methods.kv import KVInjection, kv_layout, projections
 from mmpt.methods.prefix.config import PrefixConfig
-from mmpt.models.family import attention_modules, get_submodule
+from mmpt.models.family import Tower, attention_modules
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
 
 
-def _kv_shape(module: nn.Module) -> tuple[int, int]:
-    """(num_kv_heads, head_dim) of an attention module, read from its key projection."""
-    head_dim = getattr(module, "head_dim", None)
-    k_proj = getattr(module, "k_proj", None)
-    if head_dim is None or not isinstance(k_proj, nn.Linear):
-        raise ValueError(f"cannot read the key/value head layout of {type(module).__name__}")
-    return k_proj.out_features // head_dim, head_dim
-
-
 class PrefixEncoder(nn.Module):
     """Produces the prefixes of a group of same-shaped layers: (layers, 2, heads, length, head_dim).
 
-    With ``reparam: none`` the prefixes are a parameter; with ``mlp`` they come from an embedding through
-    Linear-Tanh-Linear (Li & Liang 2021), which :meth:`fold` turns into a plain parameter.
+    ``reparam: none``: the prefixes are a parameter. ``mlp``: an embedding through Linear-Tanh-Linear (Li &
+    Liang 2021). ``mlp_type``: embedding + a learned prefix-type embedding, LayerNorm, then the MLP (PT-PEFT's
+    prefix encoder). :meth:`fold` turns either MLP into a plain parameter with identical output.
     """
 
     def __init__(self, layers: int, heads: int, length: int, head_dim: int, config: PrefixConfig) -> None:
@@ -39,22 +32,26 @@ class PrefixEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         if config.reparam == "none":
             self.prefix = nn.Parameter(torch.randn(self.shape) * config.init_std)
-        else:
-            width = layers * 2 * heads * head_dim
-            self.embedding = nn.Parameter(torch.randn(length, config.mlp_hidden) * config.init_std)
-            self.mlp = nn.Sequential(
-                nn.Linear(config.mlp_hidden, config.mlp_hidden), nn.Tanh(), nn.Linear(config.mlp_hidden, width)
-            )
-            nn.init.normal_(self.mlp[2].weight, std=config.init_std)
-            nn.init.zeros_(self.mlp[2].bias)
+            return
+        hidden = config.mlp_hidden
+        self.embedding = nn.Parameter(torch.randn(length, hidden) * config.init_std)
+        if config.reparam == "mlp_type":
+            self.type_embedding = nn.Parameter(torch.zeros(hidden))
+            self.norm = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, layers * 2 * heads * head_dim)
+        )
+        nn.init.normal_(self.mlp[2].weight, std=config.init_std)
+        nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self) -> torch.Tensor:
         if self.reparam == "none":
-            out = self.prefix
-        else:
-            layers, two, heads, length, head_dim = self.shape
-            flat = self.mlp(self.embedding)  # (length, layers * 2 * heads * head_dim)
-            out = flat.view(length, layers, two, heads, head_dim).permute(1, 2, 3, 0, 4)
+            return self.dropout(self.prefix)
+        x = self.embedding
+        if self.reparam == "mlp_type":
+            x = self.norm(x + self.type_embedding)
+        layers, two, heads, length, head_dim = self.shape
+        out = self.mlp(x).view(length, layers, two, heads, head_dim).permute(1, 2, 3, 0, 4)
         return self.dropout(out)
 
     @torch.no_grad()
@@ -66,7 +63,9 @@ class PrefixEncoder(nn.Module):
         self.eval()
         value = self.forward().detach().clone().contiguous()
         self.train(was_training)
-        del self.embedding, self.mlp
+        for name in ("embedding", "type_embedding", "norm", "mlp"):
+            if hasattr(self, name):
+                delattr(self, name)
         self.prefix = nn.Parameter(value)
         self.reparam = "none"
 
@@ -74,8 +73,9 @@ class PrefixEncoder(nn.Module):
 class PrefixMethod(nn.Module):
     """Deep prefix tuning applied to a loaded model (see :class:`PrefixConfig`).
 
-    Each chosen tower gets one :class:`PrefixEncoder`; every attention layer reads its slice as extra keys
-    and values through :class:`~mmpt.methods.kv.KVInjection`.
+    Each chosen tower (and, with ``cross_attention``, each decoder's cross-attention) gets one
+    :class:`PrefixEncoder`; every chosen attention layer reads its slice as extra keys and values through
+    :class:`~mmpt.methods.kv.KVInjection`.
     """
 
     def __init__(self, loaded: LoadedModel, config: PrefixConfig) -> None:
@@ -83,26 +83,48 @@ class PrefixMethod(nn.Module):
         self.config = config
         self.encoders = nn.ModuleDict()
         self.injections: list[KVInjection] = []
+        family = loaded.family
         device = next(loaded.model.parameters()).device
-        for tower_name in config.towers:
-            tower = loaded.family.tower(tower_name)
-            if tower.kind == "cnn":
-                raise ValueError(
-                    f"tower '{tower_name}' of '{loaded.family.name}' is a CNN without attention; prefixes need "
-                    f"a transformer tower ({', '.join(k for k, t in loaded.family.towers.items() if t.kind != 'cnn')})"
-                )
-            modules = attention_modules(loaded.model, tower)
-            chosen = self._select_layers(modules, config.layers, tower_name)
-            heads, head_dim = _kv_shape(chosen[0])
-            if any(_kv_shape(m) != (heads, head_dim) for m in chosen):
-                raise ValueError(f"tower '{tower_name}' mixes attention shapes; choose layers of one shape")
-            encoder = PrefixEncoder(len(chosen), heads, config.length, head_dim, config).to(device)
-            self.encoders[tower_name] = encoder
-            if config.init == "text":
-                self._init_from_text(loaded, encoder, chosen, config)
-            providers = [self._provider(encoder, i) for i in range(len(chosen))]
-            backbone = get_submodule(loaded.model, tower.backbone) if tower.backbone else None
-            self.injections.append(KVInjection(chosen, providers, backbone))
+        try:
+            for tower_name in family.resolve(config.towers):
+                tower = family.tower(tower_name)
+                self._check(tower, tower_name, loaded)
+                self._inject(loaded, tower, tower_name, cross=False, device=device)
+                if config.cross_attention and tower.cross_attention:
+                    self._inject(loaded, tower, f"{tower_name}_cross", cross=True, device=device)
+        except BaseException:
+            self.remove()
+            raise
+
+    @staticmethod
+    def _check(tower: Tower, name: str, loaded: LoadedModel) -> None:
+        family = loaded.family
+        usable = [k for k, t in family.towers.items() if t.kind != "cnn" and t.injection != "none"]
+        if tower.kind == "cnn":
+            raise ValueError(
+                f"tower '{name}' of '{family.name}' is a CNN without attention; prefixes need one of: "
+                f"{', '.join(usable)}"
+            )
+        if tower.injection == "none":
+            raise ValueError(
+                f"tower '{name}' of '{family.name}' computes attention outside transformers' attention "
+                f"functions and without a KV cache, so mmpt cannot inject into it; prefixes work on: "
+                f"{', '.join(usable)}"
+            )
+
+    def _inject(self, loaded: LoadedModel, tower: Tower, key: str, cross: bool, device: torch.device) -> None:
+        config = self.config
+        chosen = self._select_layers(attention_modules(loaded.model, tower, cross), config.layers, key)
+        heads, head_dim = kv_layout(chosen[0])
+        if any(kv_layout(m) != (heads, head_dim) for m in chosen):
+            raise ValueError(f"tower '{key}' mixes attention shapes; choose layers of one shape")
+        encoder = PrefixEncoder(len(chosen), heads, config.length, head_dim, config).to(device)
+        self.encoders[key] = encoder
+        if config.init == "text":
+            self._init_from_text(loaded, encoder, chosen, config)
+        providers = [_provider(encoder, i) for i in range(len(chosen))]
+        mode = "cache" if tower.injection == "cache" else "interface"
+        self.injections.append(KVInjection(chosen, providers, cross, mode))
 
     @staticmethod
     def _select_layers(modules: list[nn.Module], layers: list[int], tower: str) -> list[nn.Module]:
@@ -114,49 +136,32 @@ class PrefixMethod(nn.Module):
             raise ValueError(f"tower '{tower}' has layers 0..{n - 1}; layer(s) {bad} do not exist")
         return [modules[i % n] for i in sorted({i % n for i in layers})]
 
-    @staticmethod
-    def _provider(encoder: PrefixEncoder, index: int):  # noqa: ANN205 - closure
-        cache: dict[str, torch.Tensor] = {}
-
-        def provide() -> tuple[torch.Tensor, torch.Tensor]:
-            # One encoder call per forward pass would be ideal; the MLP is tiny so recomputation is cheap.
-            out = encoder()
-            cache["last"] = out
-            return out[index, 0], out[index, 1]
-
-        return provide
-
     @torch.no_grad()
     def _init_from_text(
         self, loaded: LoadedModel, encoder: PrefixEncoder, modules: list[nn.Module], config: PrefixConfig
     ) -> None:
+        """Set each layer's prefix to the keys/values its projections give for ``init_text``'s embeddings.
+
+        The text's token embeddings are passed through each chosen layer's key/value projections (no
+        rotation), a cheap stand-in for running the text through the frozen model.
+        """
         if config.reparam != "none":
             raise ValueError("init: text needs reparam: none (an MLP's output cannot be set directly)")
-        tokenizer = loaded.processor.tokenizer
+        tokenizer = getattr(loaded.processor, "tokenizer", loaded.processor)
+        if tokenizer is None:
+            raise ValueError("init: text needs a tokenizer; this model was loaded without a processor")
         ids = tokenizer(config.init_text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        reps = -(-config.length // ids.shape[1])
-        ids = ids.repeat(1, reps)[:, : config.length].to(encoder.prefix.device)
-        captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        hooks = []
-        for i, m in enumerate(modules):
-            def grab(mod: nn.Module, args: tuple, kwargs: dict, out: object, i: int = i) -> None:
-                h = kwargs.get("hidden_states", args[0] if args else None)
-                k = mod.k_proj(h).view(h.shape[0], h.shape[1], -1, mod.head_dim).transpose(1, 2)
-                v = mod.v_proj(h).view(h.shape[0], h.shape[1], -1, mod.head_dim).transpose(1, 2)
-                captured[i] = (k[0], v[0])
-            hooks.append(m.register_forward_hook(grab, with_kwargs=True))
-        for inj in self.injections:
-            inj.set_active(False)
-        try:
-            loaded.model.language_model(input_ids=ids, use_cache=False)
-        finally:
-            for h in hooks:
-                h.remove()
-            for inj in self.injections:
-                inj.set_active(True)
-        for i, (k, v) in captured.items():
-            encoder.prefix[i, 0] = k
-            encoder.prefix[i, 1] = v
+        ids = ids.repeat(1, -(-config.length // ids.shape[1]))[:, : config.length]
+        embed = loaded.model.get_input_embeddings()
+        hidden = embed(ids.to(embed.weight.device))
+        for i, module in enumerate(modules):
+            k_proj, v_proj = projections(module)
+            if k_proj.in_features != hidden.shape[-1]:
+                raise ValueError("init: text works for towers whose width equals the text embeddings")
+            heads, head_dim = kv_layout(module)
+            for j, proj in enumerate((k_proj, v_proj)):
+                out = proj(hidden)[0].view(config.length, heads, head_dim).transpose(0, 1)
+                encoder.prefix[i, j] = out
 
     def fold(self) -> None:
         """Fold MLP reparameterizations into plain prefixes (outputs unchanged)."""
@@ -164,7 +169,7 @@ class PrefixMethod(nn.Module):
             encoder.fold()
 
     def remove(self) -> None:
-        """Remove all prefixes: the model is exactly as before :func:`apply`."""
+        """Remove all prefixes: the model is exactly as before :func:`mmpt.methods.apply`."""
         for inj in self.injections:
             inj.remove()
         self.injections = []
@@ -179,8 +184,12 @@ class PrefixMethod(nn.Module):
             inj.set_active(active)
 
 
-def _apply(loaded: LoadedModel, config: PrefixConfig) -> PrefixMethod:
-    return PrefixMethod(loaded, config)
+def _provider(encoder: PrefixEncoder, index: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    def provide() -> tuple[torch.Tensor, torch.Tensor]:
+        out = encoder()
+        return out[index, 0], out[index, 1]
+
+    return provide
 
 
-register_method(MethodEntry("prefix", PrefixConfig, _apply, "deep prefix tuning: learned K/V prefixes at every layer"))
+register_method(MethodEntry("prefix", PrefixConfig, PrefixMethod, "deep prefix tuning: learned K/V prefixes at every layer"))

@@ -1,0 +1,101 @@
+"""``lora``: PEFT's LoRA layers swapped into chosen towers (PT-PEFT stage-2 default: r=16, alpha=32, q/k/v)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from mmpt.config import check
+from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.models.family import blocks
+
+if TYPE_CHECKING:
+    from mmpt.models import LoadedModel
+
+# Names of query/key/value projections across families (Llama/BART/CLIP: *_proj; BERT-style: query/key/value).
+DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "query", "key", "value"]
+
+
+@dataclass
+class LoRAConfig(MethodConfig):
+    """LoRA through PEFT's ``lora.Linear`` layers.
+
+    Attributes:
+        r, alpha, dropout: rank, scaling numerator and dropout (PT-PEFT: 16, 32, 0.05).
+        targets: names of ``nn.Linear`` modules inside the chosen towers' blocks to adapt.
+        towers: towers whose blocks are searched (``lm`` by default).
+    """
+
+    name: str = "lora"
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    towers: list[str] = field(default_factory=lambda: ["lm"])
+
+    def validate(self) -> None:
+        check(self.r > 0, f"r: must be a positive rank, got {self.r}")
+        check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
+        check(bool(self.targets), "targets: name at least one module, e.g. [q_proj, v_proj]")
+
+
+class LoRAMethod(nn.Module):
+    """Swaps each target ``nn.Linear`` for PEFT's ``lora.Linear`` wrapping it; ``remove()`` swaps back."""
+
+    attach = False  # its LoRA modules already live inside the model
+
+    def __init__(self, loaded: LoadedModel, config: LoRAConfig) -> None:
+        super().__init__()
+        from peft import LoraConfig as PeftLoraConfig
+        from peft.tuners.lora.layer import Linear as LoraLinear
+
+        self.config = config
+        peft_config = PeftLoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout)
+        self._swapped: list[tuple[nn.Module, str, nn.Linear, nn.Module]] = []
+        self.adapted = nn.ModuleDict()
+        for tower_name in loaded.family.resolve(config.towers):
+            tower = loaded.family.tower(tower_name)
+            for i, block in enumerate(blocks(loaded.model, tower)):
+                for path, module in list(block.named_modules()):
+                    leaf = path.rsplit(".", 1)[-1]
+                    if leaf not in config.targets or not isinstance(module, nn.Linear):
+                        continue
+                    parent = block.get_submodule(path.rsplit(".", 1)[0]) if "." in path else block
+                    lora = LoraLinear(module, "default", peft_config, r=config.r, lora_alpha=config.alpha,
+                                      lora_dropout=config.dropout)
+                    lora.train(module.training)  # new modules start in training mode (dropout on)
+                    setattr(parent, leaf, lora)
+                    self._swapped.append((parent, leaf, module, lora))
+                    self.adapted[f"{tower_name}__{i}__{path.replace('.', '__')}"] = nn.ModuleList(
+                        [lora.lora_A["default"], lora.lora_B["default"]]
+                    )
+        if not self._swapped:
+            raise ValueError(
+                f"lora found none of {config.targets} in towers {config.towers} of '{loaded.family.name}'"
+            )
+
+    def remove(self) -> None:
+        """Put the original ``nn.Linear`` modules back."""
+        for parent, leaf, original, _ in self._swapped:
+            setattr(parent, leaf, original)
+        self._swapped = []
+        detach = getattr(self, "detach_from_model", None)
+        if detach is not None:
+            detach()
+            del self.detach_from_model
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:  # type: ignore[override]
+        return self.adapted.parameters(recurse)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold the LoRA update into the base weights (then :meth:`remove` keeps the merged weights)."""
+        for _, _, original, lora in self._swapped:
+            original.weight += lora.get_delta_weight("default")
+
+
+register_method(MethodEntry("lora", LoRAConfig, LoRAMethod, "LoRA via PEFT's layers (r=16, alpha=32 on q,k,v)"))

@@ -1,0 +1,82 @@
+"""``visual_prompt``: a learned pixel-space frame around the image (Bahng et al. 2022), for any vision tower.
+
+It suits CNN towers such as mmpt-tiny's EfficientNet, where token prompts do not apply: the tower sees
+``pixels + frame``, where the frame is learned in a border of ``width`` pixels and zero inside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from mmpt.config import check
+from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.models.family import get_submodule
+
+if TYPE_CHECKING:
+    from mmpt.models import LoadedModel
+
+
+@dataclass
+class VisualPromptConfig(MethodConfig):
+    """Pixel-space padding prompt.
+
+    Attributes:
+        width: border width in pixels (the paper uses 30 at 224 px).
+        image_size: side of the (square) images the tower receives.
+        tower: the vision tower.
+    """
+
+    name: str = "visual_prompt"
+    width: int = 30
+    image_size: int = 224
+    tower: str = "vision"
+
+    def validate(self) -> None:
+        check(self.width > 0, f"width: must be positive, got {self.width}")
+        check(2 * self.width < self.image_size, f"width: {self.width} leaves no image inside {self.image_size} px")
+
+
+class VisualPromptMethod(nn.Module):
+    """Adds the learned frame to ``pixel_values`` in a forward pre-hook on the vision tower."""
+
+    def __init__(self, loaded: LoadedModel, config: VisualPromptConfig) -> None:
+        super().__init__()
+        self.config = config
+        tower = loaded.family.tower(config.tower)
+        if tower.kind == "decoder":
+            raise ValueError(f"tower '{config.tower}' is a language model; visual prompts need a vision tower")
+        size, width = config.image_size, config.width
+        device = next(loaded.model.parameters()).device
+        self.frame = nn.Parameter(torch.zeros(3, size, size, device=device))
+        mask = torch.ones(1, size, size, device=device)
+        mask[:, width:-width, width:-width] = 0
+        self.register_buffer("mask", mask, persistent=False)
+        self._handle = get_submodule(loaded.model, tower.module).register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        pixels = args[0] if args else kwargs.get("pixel_values")
+        if pixels.shape[-2:] != self.frame.shape[-2:]:
+            raise ValueError(
+                f"visual_prompt was built for {tuple(self.frame.shape[-2:])} images but the tower got "
+                f"{tuple(pixels.shape[-2:])}; set method.image_size={pixels.shape[-1]}"
+            )
+        prompted = pixels + (self.frame * self.mask).to(pixels.dtype)
+        if args:
+            return (prompted, *args[1:]), kwargs
+        return args, {**kwargs, "pixel_values": prompted}
+
+    def remove(self) -> None:
+        """Remove the hook (and the frame from the model)."""
+        self._handle.remove()
+        detach = getattr(self, "detach_from_model", None)
+        if detach is not None:
+            detach()
+            del self.detach_from_model
+
+
+register_method(MethodEntry("visual_prompt", VisualPromptConfig, VisualPromptMethod,
+                            "learned pixel-space frame around the image (CNN or ViT towers)"))

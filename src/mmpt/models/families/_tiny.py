@@ -1,0 +1,28 @@
+"""Helpers shared by the family files to build tiny test batches."""
+
+from __future__ import annotations
+
+import torch
+
+
+def left_padded(
+    rows: list[list[int]], pad_id: int, extra: dict[str, list[list[int]]] | None = None
+) -> dict[str, torch.Tensor]:
+    """Left-pad token rows into ``input_ids`` / ``attention_mask`` (+ any aligned ``extra`` rows, padded with 0)."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    out = {"input_ids": ids, "attention_mask": mask}
+    for key in extra or {}:
+        out[key] = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+        for key, values in (extra or {}).items():
+            out[key][i, width - len(r) :] = torch.tensor(values[i])
+    return out
+
+
+def random_text(n: int, low: int, high: int, gen: torch.Generator) -> list[int]:
+    """``n`` random token ids in [low, high)."""
+    return torch.randint(low, high, (n,), generator=gen).tolist()

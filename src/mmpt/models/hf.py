@@ -1,0 +1,44 @@
+"""Loading real Hugging Face VLM checkpoints from a local folder or the local HF cache (never the network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+def resolve_local(name_or_path: str) -> Path | None:
+    """A local checkpoint folder for a path or a hub id already in the HF cache; None when neither exists."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if "/" not in name_or_path or name_or_path.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name_or_path, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or hub library missing): report as not found
+        return None
+
+
+def load_pretrained(folder: Path, **kwargs: Any) -> tuple[nn.Module, Any, str]:
+    """(model, processor or None, model_type) for the checkpoint in ``folder``; offline only."""
+    import transformers
+
+    from mmpt.models.families import family_for_model_type
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json; give a folder saved with save_pretrained()")
+    model_type = json.loads(config_file.read_text()).get("model_type", "")
+    family = family_for_model_type(model_type).FAMILY
+    cls = getattr(transformers, family.hf_class)
+    model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except Exception:  # noqa: BLE001 - a checkpoint without processor files still tunes from tensors
+        processor = None
+    return model.eval(), processor, model_type

@@ -1,0 +1,124 @@
+"""Every non-prefix method on mmpt-tiny-random and on HF families: isolation, exact removal, saving, stages."""
+
+import pytest
+import torch
+
+from conftest import ANSWERS, PROMPTS, make_tiny
+from mmpt import methods, models
+from mmpt.methods import (
+    AdapterConfig,
+    BitFitConfig,
+    FullConfig,
+    HeadConfig,
+    LoRAConfig,
+    PrefixConfig,
+    ProjectorConfig,
+    VisualPromptConfig,
+)
+from mmpt.models.families import FAMILY_MODULES
+
+TINY_CASES = [
+    LoRAConfig(r=4),
+    AdapterConfig(bottleneck=8, placement="sequential"),
+    AdapterConfig(bottleneck=8, placement="parallel"),
+    FullConfig(towers=["lm"], freeze_embeddings=True, freeze_head=True),
+    HeadConfig(),
+    ProjectorConfig(),
+    VisualPromptConfig(width=8),
+    BitFitConfig(towers=["vision"]),
+]
+
+
+def _ids(config):
+    return f"{config.name}-{getattr(config, 'placement', '')}".rstrip("-")
+
+
+def _nudge(method):
+    with torch.no_grad():
+        for p in method.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.1)
+
+
+@pytest.mark.parametrize("config", TINY_CASES, ids=_ids)
+def test_method_on_tiny(config, images, tmp_path):
+    loaded = make_tiny()
+    model = loaded.model
+    batch = loaded.processor(images, PROMPTS, ANSWERS)
+    with torch.no_grad():
+        base = model(**batch).logits
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = methods.apply(loaded, config)
+    trained = {id(p) for p in method.parameters()}
+    assert trained and all(p.requires_grad == (id(p) in trained) for p in model.parameters())
+    if config.name == "full":
+        assert all(not p.requires_grad for p in model.language_model.get_input_embeddings().parameters())
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(2):
+        model(**batch, use_cache=False).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    _nudge(method)
+    with torch.no_grad():
+        tuned = model(**batch).logits
+    assert not torch.allclose(tuned, base)
+    if config.name not in ("full", "head", "projector", "bitfit"):  # those train base weights in place
+        state = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()}  # LoRA wraps layers
+        assert all(torch.equal(state[k], v) for k, v in before.items())
+    path = tmp_path / "m.safetensors"
+    methods.save(method, path)
+    method.remove()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, base)
+    reloaded = methods.load(loaded, path)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, tuned, atol=1e-6)
+    reloaded.remove()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
+@pytest.mark.parametrize("config", [LoRAConfig(r=2), AdapterConfig(bottleneck=4), BitFitConfig(), HeadConfig()],
+                         ids=_ids)
+def test_method_on_families(family, config):
+    loaded = models.load(f"{family}-tiny-random")
+    batch = FAMILY_MODULES[family].tiny_inputs(loaded.model, [3, 5])
+    with torch.no_grad():
+        base = loaded.model(**batch).logits
+    method = methods.apply(loaded, config)
+    _nudge(method)
+    with torch.no_grad():
+        assert not torch.allclose(loaded.model(**batch).logits, base)
+    method.remove()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**batch).logits, base)
+
+
+def test_methods_compose_prefix_then_lora(images):
+    loaded = make_tiny()
+    batch = loaded.processor(images, PROMPTS, ANSWERS)
+    with torch.no_grad():
+        base = loaded.model(**batch).logits
+    prefix = methods.apply(loaded, PrefixConfig(length=2))
+    lora = methods.apply(loaded, LoRAConfig(r=2), freeze_base=False)
+    assert all(p.requires_grad for p in prefix.parameters())
+    _nudge(prefix)
+    _nudge(lora)
+    lora.remove()
+    prefix.remove()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**batch).logits, base)
+
+
+def test_bitfit_without_biases_says_so():
+    loaded = make_tiny()
+    with pytest.raises(ValueError, match="no bias terms"):
+        methods.apply(loaded, BitFitConfig(towers=["lm"]))
+
+
+def test_visual_prompt_rejects_wrong_image_size(images):
+    loaded = make_tiny()
+    methods.apply(loaded, VisualPromptConfig(width=4, image_size=64))
+    batch = loaded.processor(images, PROMPTS)
+    with pytest.raises(ValueError, match="set method.image_size=224"):
+        loaded.model(**batch)
