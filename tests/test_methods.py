@@ -8,16 +8,22 @@ from mmpt import methods, models
 from mmpt.methods import (
     AdapterConfig,
     BitFitConfig,
+    DeepPromptConfig,
     FullConfig,
     HeadConfig,
     LoRAConfig,
+    M2PTConfig,
     PrefixConfig,
     ProjectorConfig,
+    PromptConfig,
     VisualPromptConfig,
 )
 from mmpt.models.families import FAMILY_MODULES
 
 TINY_CASES = [
+    PromptConfig(length=3),
+    DeepPromptConfig(length=2, tower="lm"),
+    M2PTConfig(visual_length=1, text_length=2, frame_width=8),
     LoRAConfig(r=4),
     AdapterConfig(bottleneck=8, placement="sequential"),
     AdapterConfig(bottleneck=8, placement="parallel"),
@@ -63,7 +69,7 @@ def test_method_on_tiny(config, images, tmp_path):
     with torch.no_grad():
         tuned = model(**batch).logits
     assert not torch.allclose(tuned, base)
-    if config.name not in ("full", "head", "projector", "bitfit"):  # those train base weights in place
+    if config.name not in ("full", "head", "projector", "bitfit", "m2pt"):  # these train base weights in place
         state = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()}  # LoRA wraps layers
         assert all(torch.equal(state[k], v) for k, v in before.items())
     path = tmp_path / "m.safetensors"
@@ -122,3 +128,48 @@ def test_visual_prompt_rejects_wrong_image_size(images):
     batch = loaded.processor(images, PROMPTS)
     with pytest.raises(ValueError, match="set method.image_size=224"):
         loaded.model(**batch)
+
+
+@pytest.mark.parametrize("config", [PromptConfig(length=3), DeepPromptConfig(length=2, tower="lm")], ids=_ids)
+@pytest.mark.parametrize("family", ["mmpt-tiny", "llava", "idefics3"])
+def test_prompt_generation_with_cache_matches(family, config, images):
+    if family == "mmpt-tiny":
+        loaded = make_tiny()
+        gen = loaded.processor(images, PROMPTS)
+        single = loaded.processor(images[1:2], PROMPTS[1:2])
+    else:
+        loaded = models.load(f"{family}-tiny-random")
+        with torch.no_grad():
+            for p in loaded.model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+        gen = FAMILY_MODULES[family].tiny_inputs(loaded.model, [5, 2, 7])
+        keep = gen["attention_mask"][1].bool()
+        single = {k: (v[1][keep][None] if v.dim() == 2 else v[1:2]) for k, v in gen.items()}
+    method = methods.apply(loaded, config)
+    _nudge(method)
+    kw = dict(max_new_tokens=5, do_sample=False)
+    cached = loaded.model.generate(**gen, **kw)
+    assert torch.equal(cached, loaded.model.generate(**gen, use_cache=False, **kw))
+    one = loaded.model.generate(**single, **kw)
+    assert torch.equal(cached[1, -one.shape[1]:], one[0])
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2"])
+def test_visual_deep_prompts_and_m2pt_on_vit_families(family):
+    loaded = models.load(f"{family}-tiny-random")
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    batch = FAMILY_MODULES[family].tiny_inputs(loaded.model, [3, 5])
+    with torch.no_grad():
+        base = loaded.model(**batch).logits
+    for config in (DeepPromptConfig(length=2, tower="vision"), M2PTConfig(visual_length=2, text_length=2)):
+        method = methods.apply(loaded, config)
+        _nudge(method)
+        with torch.no_grad():
+            assert not torch.allclose(loaded.model(**batch).logits, base)
+        method.remove()
+        with torch.no_grad():
+            assert torch.equal(loaded.model(**batch).logits, base)

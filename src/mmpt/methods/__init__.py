@@ -15,12 +15,25 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmpt.config import from_dict, to_dict
-from mmpt.methods import adapter, lora, prefix, projector, selection, visual_prompt  # noqa: F401 - registration
+from mmpt.methods import (  # noqa: F401 - registration
+    adapter,
+    deep_prompt,
+    lora,
+    m2pt,
+    prefix,
+    projector,
+    prompt,
+    selection,
+    visual_prompt,
+)
 from mmpt.methods.adapter import AdapterConfig
 from mmpt.methods.base import Method, MethodConfig, MethodEntry, get_method, list_methods, register_method
+from mmpt.methods.deep_prompt import DeepPromptConfig
 from mmpt.methods.lora import LoRAConfig
+from mmpt.methods.m2pt import M2PTConfig
 from mmpt.methods.prefix import PrefixConfig
 from mmpt.methods.projector import ProjectorConfig
+from mmpt.methods.prompt import PromptConfig
 from mmpt.methods.selection import BitFitConfig, FullConfig, HeadConfig
 from mmpt.methods.visual_prompt import VisualPromptConfig
 
@@ -108,7 +121,7 @@ def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True)
 
 
 __all__ = [
-    "AdapterConfig", "BitFitConfig", "FullConfig", "HeadConfig", "LoRAConfig",
-    "Method", "MethodConfig", "MethodEntry", "PrefixConfig", "ProjectorConfig", "apply", "count_parameters",
+    "AdapterConfig", "BitFitConfig", "DeepPromptConfig", "FullConfig", "HeadConfig", "LoRAConfig", "M2PTConfig",
+    "Method", "MethodConfig", "MethodEntry", "PrefixConfig", "ProjectorConfig", "PromptConfig", "apply", "count_parameters",
     "VisualPromptConfig", "fingerprint", "get_method", "list_methods", "load", "register_method", "save",
 ]

@@ -1,0 +1,146 @@
+"""``deep_prompt``: learned hidden-state tokens at every chosen layer (VPT-deep; M2PT's prompts).
+
+Encoder towers (ViTs, Q-Former, seq2seq encoders without padding): before each chosen block its prompt tokens
+are inserted in front of the hidden states, and after the block they are dropped again, so each layer sees
+its own prompts and the tower's output keeps its shape. Positions are added before the first block, so the
+prompts carry none.
+
+Decoder towers (LMs): the first chosen layer's prompts are prepended to the input like ``prompt`` (positions,
+padding mask and KV cache handled there); before every later chosen layer the hidden states at the prompt
+positions are replaced by that layer's prompts. With a KV cache this happens once, at prefill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from mmpt.config import check
+from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.kv import _Call, pad_mask
+from mmpt.methods.prompt import PromptConfig, PromptMethod
+from mmpt.models.family import blocks
+
+if TYPE_CHECKING:
+    from mmpt.models import LoadedModel
+
+
+@dataclass
+class DeepPromptConfig(MethodConfig):
+    """Deep prompts.
+
+    Attributes:
+        length: prompt tokens per layer.
+        tower: which tower (``vision``, ``lm``, ``qformer``, ``encoder``...).
+        layers: layer indices (negative counts from the end); empty means every layer.
+        init_scale: random initialization, in units of the tower's hidden-state scale (0.02 for ViTs).
+    """
+
+    name: str = "deep_prompt"
+    length: int = 8
+    tower: str = "vision"
+    layers: list[int] = field(default_factory=list)
+    init_scale: float = 0.02
+
+    def validate(self) -> None:
+        check(self.length > 0, f"length: must be positive, got {self.length}")
+        check(self.init_scale > 0, f"init_scale: must be positive, got {self.init_scale}")
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _with_hidden(out: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+class DeepPromptMethod(nn.Module):
+    """Per-layer prompt tokens for one tower (see module docstring)."""
+
+    def __init__(self, loaded: LoadedModel, config: DeepPromptConfig) -> None:
+        super().__init__()
+        self.config = config
+        tower = loaded.family.tower(config.tower)
+        if tower.kind == "cnn":
+            raise ValueError(f"tower '{config.tower}' is a CNN; use visual_prompt for pixel-space prompts")
+        all_blocks = blocks(loaded.model, tower)
+        n = len(all_blocks)
+        bad = [i for i in config.layers if not -n <= i < n]
+        if bad:
+            raise ValueError(f"tower '{config.tower}' has layers 0..{n - 1}; layer(s) {bad} do not exist")
+        chosen = sorted({i % n for i in config.layers}) if config.layers else list(range(n))
+        width = _width(all_blocks[0])
+        param = next(all_blocks[0].parameters())
+        self.prompts = nn.Parameter(
+            torch.randn(len(chosen), config.length, width, device=param.device) * config.init_scale
+        )
+        self._handles: list[Any] = []
+        if tower.kind == "encoder":
+            for slot, i in enumerate(chosen):
+                self._handles.append(all_blocks[i].register_forward_pre_hook(self._insert(slot), with_kwargs=True))
+                # prepend: drop the prompts before any output-recording hook of transformers sees them
+                self._handles.append(all_blocks[i].register_forward_hook(self._drop, prepend=True))
+        else:
+            inner = PromptMethod(loaded, PromptConfig(length=config.length, tower=config.tower),
+                                 source=lambda: self.prompts[0])
+            self._inner_list = [inner]  # a list: not registered as a submodule
+            for slot, i in enumerate(chosen[1:], start=1):
+                self._handles.append(all_blocks[i].register_forward_pre_hook(self._replace(slot), with_kwargs=True))
+
+    def _insert(self, slot: int) -> Callable[..., Any]:
+        def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            call = _Call(block, args, kwargs)
+            hidden = call.get("hidden_states")
+            prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+            call.set("hidden_states", torch.cat([prompts, hidden], dim=1))
+            mask = call.get("attention_mask")
+            if isinstance(mask, torch.Tensor):  # (B, 1, Q, K): new rows and columns are visible
+                mask = pad_mask(mask, self.config.length)
+                rows = mask[..., :1, :].expand(*mask.shape[:-2], self.config.length, mask.shape[-1])
+                call.set("attention_mask", torch.cat([rows, mask], dim=-2))
+            return call.result()
+
+        return hook
+
+    def _drop(self, block: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        return _with_hidden(out, _hidden(out)[:, self.config.length :])
+
+    def _replace(self, slot: int) -> Callable[..., Any]:
+        def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if not self._inner_list[0]._stripping:  # decoding step: prompts are in the cache already
+                return None
+            call = _Call(block, args, kwargs)
+            hidden = call.get("hidden_states")
+            prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
+            call.set("hidden_states", torch.cat([prompts, hidden[:, self.config.length :]], dim=1))
+            return call.result()
+
+        return hook
+
+    def remove(self) -> None:
+        """Remove every hook (and the prompts from the model)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        for inner in getattr(self, "_inner_list", []):
+            inner.remove()
+        detach = getattr(self, "detach_from_model", None)
+        if detach is not None:
+            detach()
+            del self.detach_from_model
+
+
+def _width(block: nn.Module) -> int:
+    for module in block.modules():
+        if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+            return module.weight.shape[0]
+    raise ValueError(f"cannot find the hidden width of {type(block).__name__}")
+
+
+register_method(MethodEntry("deep_prompt", DeepPromptConfig, DeepPromptMethod,
+                            "deep prompts: per-layer tokens (VPT-deep) in ViTs or LMs"))

@@ -1,0 +1,138 @@
+"""``prompt``: shallow prompt tuning (Lester et al. 2021) — learned embeddings prepended to the text input.
+
+A pre-hook on the decoder's backbone prepends the prompt to ``inputs_embeds`` (extending the padding mask and
+explicit position ids); a forward hook drops the prompt positions from the backbone's output, so logits and
+labels keep their shapes. Prompt tokens occupy positions ``0..length-1`` and real tokens follow them. With a KV
+cache the prompt is computed once, at prefill; later steps only extend the mask and shift position ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from mmpt.config import check
+from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.kv import _Call, pad_mask
+from mmpt.models.family import get_submodule
+
+if TYPE_CHECKING:
+    from mmpt.models import LoadedModel
+
+CACHE_MARK = "_mmpt_prompt_length"
+
+
+@dataclass
+class PromptConfig(MethodConfig):
+    """Shallow prompt tuning.
+
+    Attributes:
+        length: number of prompt embeddings.
+        tower: the decoder tower whose input receives them.
+        init_scale: standard deviation of the random initialization, in units of the embedding table's.
+    """
+
+    name: str = "prompt"
+    length: int = 16
+    tower: str = "lm"
+    init_scale: float = 1.0
+
+    def validate(self) -> None:
+        check(self.length > 0, f"length: must be positive, got {self.length}")
+        check(self.init_scale > 0, f"init_scale: must be positive, got {self.init_scale}")
+
+
+class PromptMethod(nn.Module):
+    """Prepends learned embeddings to the input of a decoder tower (see module docstring)."""
+
+    def __init__(
+        self, loaded: LoadedModel, config: PromptConfig, source: Callable[[], torch.Tensor] | None = None
+    ) -> None:
+        """``source`` supplies the prompt tensor instead of an own parameter (used by ``deep_prompt``)."""
+        super().__init__()
+        self.config = config
+        tower = loaded.family.tower(config.tower)
+        if tower.kind != "decoder" or not tower.backbone:
+            raise ValueError(f"prompt needs a decoder tower with a backbone; '{config.tower}' is a {tower.kind}")
+        backbone = get_submodule(loaded.model, tower.backbone)
+        embed = backbone.get_input_embeddings()
+        self._embed = [embed]  # a list: not registered as a submodule
+        if source is None:
+            scale = embed.weight.detach().std()
+            shape = (config.length, embed.weight.shape[1])
+            self.prompt = nn.Parameter(torch.randn(shape, device=embed.weight.device) * scale * config.init_scale)
+        self._source = source or (lambda: self.prompt)
+        self._stripping = False
+        self._handles = [
+            backbone.register_forward_pre_hook(self._prepend, with_kwargs=True),
+            backbone.register_forward_hook(self._strip),
+        ]
+
+    def _prepend(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = _Call(module, args, kwargs)
+        n = self.config.length
+        cache = call.get("past_key_values")
+        mask = call.get("attention_mask")
+        positions = call.get("position_ids")
+        self._stripping = False
+        if cache is not None and getattr(cache, CACHE_MARK, None) == n and cache.get_seq_length() > 0:
+            # decoding step: the prompt is in the cache; extend the caller's mask and positions
+            q = (call.get("inputs_embeds") if call.get("inputs_embeds") is not None else call.get("input_ids")).shape[1]
+            if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[1] == cache.get_seq_length() - n + q:
+                call.set("attention_mask", torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1))
+            if positions is not None:
+                call.set("position_ids", positions + n)
+            return call.result()
+        embeds = call.get("inputs_embeds")
+        if embeds is None:
+            embeds = self._embed[0](call.get("input_ids"))
+            call.set("input_ids", None)
+        batch = embeds.shape[0]
+        prompt = self._source().to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
+        call.set("inputs_embeds", torch.cat([prompt, embeds], dim=1))
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            call.set("attention_mask", torch.cat([mask.new_ones(batch, n), mask], dim=1))
+        elif isinstance(mask, torch.Tensor) and mask.ndim == 4:  # a prepared (B, 1, Q, K) mask, e.g. PaliGemma
+            call.set("attention_mask", _prepend_to_4d(mask, n))
+        if positions is not None:
+            head = torch.arange(n, device=positions.device).expand(*positions.shape[:-1], n)
+            call.set("position_ids", torch.cat([head, positions + n], dim=-1))
+        if cache is not None:
+            setattr(cache, CACHE_MARK, n)
+        self._stripping = True
+        return call.result()
+
+    def _strip(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        if self._stripping:
+            out.last_hidden_state = out.last_hidden_state[:, self.config.length :]
+            self._stripping = False
+        return out
+
+    def remove(self) -> None:
+        """Remove the hooks (and the prompt from the model)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        detach = getattr(self, "detach_from_model", None)
+        if detach is not None:
+            detach()
+            del self.detach_from_model
+
+
+def _prepend_to_4d(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """Add ``n`` prompt rows/columns in front: every query sees the prompt; prompts see earlier prompts only."""
+    mask = pad_mask(mask, n)
+    allowed = torch.ones(n, mask.shape[-1], dtype=torch.bool, device=mask.device).tril()
+    if mask.dtype == torch.bool:
+        rows = allowed
+    else:
+        rows = torch.where(allowed, torch.zeros((), dtype=mask.dtype, device=mask.device), torch.finfo(mask.dtype).min)
+    rows = rows.expand(*mask.shape[:-2], n, mask.shape[-1])
+    return torch.cat([rows, mask], dim=-2)
+
+
+register_method(MethodEntry("prompt", PromptConfig, PromptMethod, "shallow prompt tuning: embeddings before the text"))
