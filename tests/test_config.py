@@ -49,3 +49,13 @@ def test_cli_reports_config_error(capsys):
     assert main(["train", str(path), "method.length=0"]) == 2
     err = capsys.readouterr().err
     assert "config error: method.length" in err
+
+
+def test_cli_accepts_overrides_after_flags_and_rejects_junk(capsys):
+    from mmpt.cli import build_parser, main
+
+    args, extra = build_parser().parse_known_args(["train", "c.yaml", "--smoke", "train.lr=1"])
+    assert extra == ["train.lr=1"]
+    with pytest.raises(SystemExit):
+        main(["train", "c.yaml", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

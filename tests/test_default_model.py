@@ -48,3 +48,17 @@ def test_quickstart_smoke(tmp_path):
     assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress",
                  f"output_dir={tmp_path}"]) == 0
     assert (tmp_path / "quickstart-2" / "metrics.json").is_file()
+
+
+def test_pt_peft_stages_smoke(tmp_path):
+    from mmpt.cli import main
+
+    code = main(["train", str(ROOT / "configs" / "pt_peft_tiny.yaml"), "--smoke", "--no-progress",
+                 f"output_dir={tmp_path}", "eval.before=false"])
+    assert code == 0
+    run = tmp_path / "pt-peft-tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [s["methods"] for s in metrics["stages"]] == [["prefix"], ["prefix", "lora"]]
+    first, second = (s["parameters"]["trainable"] for s in metrics["stages"])
+    assert second > first  # LoRA adds trainable parameters; the prefix keeps training
+    assert (run / "prefix.safetensors").is_file() and (run / "lora.safetensors").is_file()
