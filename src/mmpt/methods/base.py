@@ -80,4 +80,12 @@ def list_methods() -> list[MethodEntry]:
     return [_METHODS[k] for k in sorted(_METHODS)]
 
 
+def detach_from_model(method: object) -> None:
+    """Undo what :func:`mmpt.methods.apply` attached for ``method`` (its ``mmpt_<name>`` submodule), if anything."""
+    detach = getattr(method, "detach_from_model", None)
+    if detach is not None:
+        detach()
+        del method.detach_from_model  # type: ignore[attr-defined]
+
+
 register_resolver(MethodConfig, lambda name: get_method(name).config_cls)

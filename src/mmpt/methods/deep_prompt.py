@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mmpt.config import check
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import _Call, pad_mask
 from mmpt.methods.prompt import PromptConfig, PromptMethod
 from mmpt.models.family import blocks
@@ -129,10 +129,7 @@ class DeepPromptMethod(nn.Module):
         self._handles = []
         for inner in getattr(self, "_inner_list", []):
             inner.remove()
-        detach = getattr(self, "detach_from_model", None)
-        if detach is not None:
-            detach()
-            del self.detach_from_model
+        detach_from_model(self)
 
 
 def _width(block: nn.Module) -> int:

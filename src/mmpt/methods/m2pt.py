@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from mmpt.config import check
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.deep_prompt import DeepPromptConfig, DeepPromptMethod
 from mmpt.methods.visual_prompt import VisualPromptConfig, VisualPromptMethod
 from mmpt.models.family import get_submodule
@@ -103,10 +103,7 @@ class M2PTMethod(nn.Module):
             part.remove()
         if self._projector:
             self._projector[0].load_state_dict(self._initial)
-        detach = getattr(self, "detach_from_model", None)
-        if detach is not None:
-            detach()
-            del self.detach_from_model
+        detach_from_model(self)
 
 
 register_method(MethodEntry("m2pt", M2PTConfig, M2PTMethod,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmpt.config import check
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import _Call, pad_mask
 from mmpt.models.family import get_submodule
 
@@ -117,10 +117,7 @@ class PromptMethod(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        detach = getattr(self, "detach_from_model", None)
-        if detach is not None:
-            detach()
-            del self.detach_from_model
+        detach_from_model(self)
 
 
 def _prepend_to_4d(mask: torch.Tensor, n: int) -> torch.Tensor:

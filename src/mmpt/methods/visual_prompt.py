@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mmpt.config import check
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
@@ -72,10 +72,7 @@ class VisualPromptMethod(nn.Module):
     def remove(self) -> None:
         """Remove the hook (and the frame from the model)."""
         self._handle.remove()
-        detach = getattr(self, "detach_from_model", None)
-        if detach is not None:
-            detach()
-            del self.detach_from_model
+        detach_from_model(self)
 
 
 register_method(MethodEntry("visual_prompt", VisualPromptConfig, VisualPromptMethod,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mmpt.config import check
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.models.family import blocks
 
 if TYPE_CHECKING:
@@ -101,10 +101,7 @@ class AdapterMethod(nn.Module):
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        detach = getattr(self, "detach_from_model", None)
-        if detach is not None:
-            detach()
-            del self.detach_from_model
+        detach_from_model(self)
 
 
 def _block_width(block: nn.Module) -> int:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mmpt.config import check
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.models.family import blocks
 
 if TYPE_CHECKING:
@@ -83,10 +83,7 @@ class LoRAMethod(nn.Module):
         for parent, leaf, original, _ in self._swapped:
             setattr(parent, leaf, original)
         self._swapped = []
-        detach = getattr(self, "detach_from_model", None)
-        if detach is not None:
-            detach()
-            del self.detach_from_model
+        detach_from_model(self)
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:  # type: ignore[override]
         return self.adapted.parameters(recurse)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mmpt.methods.base import MethodEntry, register_method
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import KVInjection, kv_layout, projections
 from mmpt.methods.prefix.config import PrefixConfig
 from mmpt.models.family import Tower, attention_modules
@@ -173,10 +173,7 @@ class PrefixMethod(nn.Module):
         for inj in self.injections:
             inj.remove()
         self.injections = []
-        detach = getattr(self, "detach_from_model", None)
-        if detach is not None:
-            detach()
-            del self.detach_from_model
+        detach_from_model(self)
 
     def set_active(self, active: bool) -> None:
         """Switch the prefixes off or on without removing them."""
