@@ -95,6 +95,8 @@ def test_prefix_matrix(family, towers):
     if family != "blip":  # BLIP's generate() leaves state behind in the HF model itself (not mmpt's)
         assert torch.equal(_logits(model, batch), base)
     assert not any(n.startswith("mmpt_") for n, _ in model.named_parameters())
+    assert not any(str(getattr(getattr(m, "config", None), "_attn_implementation", "")).startswith("mmpt_")
+                   for m in model.modules())  # shared configs (Florence-2's encoder+decoder) restored too
 
 
 @pytest.mark.parametrize("family", ["florence2", "blip2"])

@@ -175,3 +175,57 @@ def test_layer_subset_and_text_init(tiny, images):
 def test_clear_errors_for_missing_towers_and_layers(tiny, config, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
         methods.apply(tiny, config)
+
+
+def test_fold_then_save_and_reload(tmp_path, images):
+    first = make_tiny()
+    method = methods.apply(first, PrefixConfig(length=3, reparam="mlp", mlp_hidden=8))
+    _randomize(method, 0.3)
+    method.fold()
+    batch = _batch(first, images)
+    expected = _logits(first, batch)
+    methods.save(method, tmp_path / "p.safetensors", methods.fingerprint(first.model))
+    fresh = make_tiny()
+    assert methods.load(fresh, tmp_path / "p.safetensors").config.reparam == "none"
+    assert torch.equal(_logits(fresh, batch), expected)
+
+
+def test_cache_copy_and_reset_keep_prefix_consistent(tiny, images):
+    import copy
+
+    from transformers import DynamicCache
+
+    method = methods.apply(tiny, PrefixConfig(length=3))
+    _randomize(method, 0.5)
+    batch = tiny.processor(images[:1], PROMPTS[:1])
+    lm = tiny.model.language_model
+    embeds = tiny.model.embed(batch["input_ids"], batch["pixel_values"])
+    cache = DynamicCache()
+    with torch.no_grad():
+        lm(inputs_embeds=embeds[:, :-1], attention_mask=batch["attention_mask"][:, :-1], past_key_values=cache)
+        assert cache.get_seq_length() == embeds.shape[1] - 1  # real tokens only
+        copied = copy.deepcopy(cache)
+        step = lm(inputs_embeds=embeds[:, -1:], attention_mask=batch["attention_mask"], past_key_values=copied)
+        full = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)
+        assert torch.allclose(step.logits[:, -1], full.logits[:, -1], atol=1e-5)
+        cache.reset()
+        again = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], past_key_values=cache)
+        assert torch.allclose(again.logits, full.logits, atol=1e-5)
+
+
+def test_refused_second_apply_leaves_no_hooks(tiny, images):
+    batch = _batch(tiny, images)
+    base = _logits(tiny, batch)
+    first = methods.apply(tiny, PrefixConfig(length=2))
+    with pytest.raises(ValueError, match="already applied"):
+        methods.apply(tiny, PrefixConfig(length=2))
+    first.remove()
+    assert torch.equal(_logits(tiny, batch), base)
+
+
+def test_static_cache_is_refused_clearly(tiny, images):
+    methods.apply(tiny, PrefixConfig(length=2))
+    gen = tiny.processor(images[:1], PROMPTS[:1])
+    with pytest.raises(ValueError, match="needs a dynamic KV cache"):
+        tiny.model.generate(**gen, max_new_tokens=2, cache_implementation="static",
+                            pad_token_id=tiny.processor.pad_token_id)

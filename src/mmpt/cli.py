@@ -39,6 +39,8 @@ def _cmd_pretrain_projector(args: argparse.Namespace) -> int:
     from mmpt.runconfig import load_run_config, smoke
     from mmpt.train import run
 
+    if args.install and args.smoke:
+        raise ConfigError("--install with --smoke would replace the shipped projector with a 2-step one; drop one")
     path = args.config or CONFIG_DIR / "pretrain_projector.yaml"
     config = load_run_config(path, args.overrides)
     if args.smoke:

@@ -63,7 +63,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float | None = 1.0
-    precision: Literal["no", "bf16", "fp16"] = "bf16"
+    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     num_workers: int = 0
     log_every: int = 10
 

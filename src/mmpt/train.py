@@ -87,14 +87,27 @@ def unique_run_dir(config: RunConfig) -> Path:
 def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Train and evaluate as ``config`` says; returns the metrics also written to ``metrics.json``."""
     stages = config.stage_list()
+    precisions = {s.train.precision for s in stages}
+    if len(precisions) > 1:
+        raise ConfigError(f"train.precision: all stages must share one precision, got {sorted(precisions)}")
+    precision = precisions.pop()
     accelerator = Accelerator(
-        mixed_precision=stages[0].train.precision, gradient_accumulation_steps=stages[0].train.grad_accum
+        mixed_precision="no" if precision == "fp32" else precision,
+        gradient_accumulation_steps=stages[0].train.grad_accum,
     )
     set_seed(config.seed)
-    out_dir = unique_run_dir(config) if accelerator.is_main_process else Path(config.output_dir) / config.name
+    # the main process picks a fresh folder; the others learn its name (nothing is written twice)
+    chosen = [str(unique_run_dir(config)) if accelerator.is_main_process else ""]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(chosen)
+    out_dir = Path(chosen[0])
+    main = accelerator.is_main_process
     say = accelerator.print
     say(f"mmpt: run folder {out_dir}")
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    if main:
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     model_kwargs: dict[str, Any] = {"attn_implementation": config.model.attn_implementation}
     if config.model.projector_checkpoint:
@@ -110,10 +123,12 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     def evaluate(tag: str) -> dict[str, float]:
         ev = config.eval
         preds = predict(loaded.model, loaded.processor, eval_samples, ev.batch_size, ev.max_new_tokens,
-                        accelerator.autocast, progress)
-        with open(out_dir / f"predictions_{tag}.jsonl", "w") as f:
-            for s, p in zip(eval_samples, preds, strict=True):
-                f.write(json.dumps({"prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}) + "\n")
+                        accelerator.autocast, progress and main)
+        if main:
+            with open(out_dir / f"predictions_{tag}.jsonl", "w") as f:
+                for s, p in zip(eval_samples, preds, strict=True):
+                    row = {"prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}
+                    f.write(json.dumps(row) + "\n")
         return accuracy(eval_samples, preds)
 
     metrics: dict[str, Any] = {"stages": []}
@@ -178,17 +193,19 @@ def train_stage(
         samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(processor),
         num_workers=tc.num_workers, generator=torch.Generator().manual_seed(seed),
     )
-    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
-    total = min(tc.max_steps or steps_per_epoch * tc.epochs, steps_per_epoch * tc.epochs)
     trainable = [p for m in active for p in m.parameters()]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, int(tc.warmup_ratio * total), total))
     accelerator.gradient_accumulation_steps = tc.grad_accum
-    wrapped, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # sized after prepare() (which shards the loader across processes); stepped once per optimizer step
+    steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
+    total = min(tc.max_steps or steps_per_epoch * tc.epochs, steps_per_epoch * tc.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, int(tc.warmup_ratio * total), total))
 
     bar = tqdm(total=total, desc=stage.name, unit="step", disable=not (progress and accelerator.is_main_process))
-    log_path = out_dir / "log.csv"
-    new_log = not log_path.exists()
+    main = accelerator.is_main_process
+    log_path = out_dir / "log.csv" if main else Path("/dev/null")
+    new_log = main and not log_path.exists()
     step, seen, started, running = 0, 0, time.perf_counter(), float("nan")
     wrapped.train()
     with open(log_path, "a", newline="") as log_file:
@@ -203,7 +220,8 @@ def train_stage(
                     if accelerator.sync_gradients and tc.grad_clip:
                         accelerator.clip_grad_norm_(trainable, tc.grad_clip)
                     optimizer.step()
-                    scheduler.step()
+                    if accelerator.sync_gradients:
+                        scheduler.step()
                     optimizer.zero_grad()
                 seen += batch["input_ids"].shape[0] * accelerator.num_processes
                 running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()

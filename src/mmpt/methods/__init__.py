@@ -46,16 +46,17 @@ def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -
     if freeze_base:
         for p in loaded.model.parameters():
             p.requires_grad_(False)
-    method = get_method(config.name).apply(loaded, config)
+    entry = get_method(config.name)
+    attach_name = f"{ATTACH_PREFIX}{config.name}"
+    if hasattr(loaded.model, attach_name):
+        raise ValueError(f"method '{config.name}' is already applied to this model; remove it first")
+    method = entry.apply(loaded, config)
     for p in method.parameters():
         p.requires_grad_(True)
     if isinstance(method, torch.nn.Module):
         method.train(loaded.model.training)  # e.g. prefix dropout follows the model's mode
     if isinstance(method, torch.nn.Module) and getattr(method, "attach", True):
         # Attach so that .to(device), DDP and optimizer sharding see the method's parameters.
-        attach_name = f"{ATTACH_PREFIX}{config.name}"
-        if hasattr(loaded.model, attach_name):
-            raise ValueError(f"method '{config.name}' is already applied to this model; remove it first")
         loaded.model.add_module(attach_name, method)
         method.detach_from_model = lambda: delattr(loaded.model, attach_name)  # type: ignore[attr-defined]
     return method

@@ -2,9 +2,9 @@
 
 Two routes, chosen per tower by the family description:
 
-``interface`` (most models): the tower's config switches ``_attn_implementation`` from e.g. ``sdpa`` to
-``mmpt_sdpa``, a registered attention function that wraps the original (SDPA stays SDPA, eager stays eager,
-flash stays flash). Without a KV cache (training, encoders, gradient checkpointing) the wrapper concatenates
+``interface`` (most models): the tower's config switches ``_attn_implementation`` from ``sdpa`` to
+``mmpt_sdpa`` (or ``eager`` to ``mmpt_eager``), a registered attention function that wraps the original: SDPA
+stays SDPA. Flash-attention implementations are refused with a clear message for now. Without a KV cache (training, encoders, gradient checkpointing) the wrapper concatenates
 the module's extra keys/values in front of its own. With a cache (generation) a forward pre-hook writes them
 into the cache once, at prefill, so decoding steps read them from the cache instead of copying them again.
 
@@ -12,7 +12,8 @@ into the cache once, at prefill, so decoding steps read them from the cache inst
 e.g. BLIP's BERT-style text decoder): a pre-hook writes the tokens into the layer's cache (a throw-away cache
 when there is none) and the module's own concatenation puts them in front.
 
-Either way the cache layer *reports* only real tokens (``get_seq_length`` excludes the injected ones), so the
+Either way the cache layer *reports* only real tokens (``get_seq_length`` excludes the injected ones; only
+dynamic caches are supported, static and sliding-window ones are refused), so the
 model computes positions and masks exactly as without injection; masks are then right-aligned to the keys,
 with the injected columns visible to every query. Semantics: injected tokens carry no position (keys are not
 rotated) and real tokens keep the positions they have without injection.
@@ -28,12 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 PREFIX = "mmpt_"
 SLOT_ATTR = "_mmpt_kv_slot"  # on an attention module
-INJECTED_ATTR = "_mmpt_injected"  # on a cache layer: number of injected tokens
+_CONFIG_USERS: dict[int, list[Any]] = {}  # id(config) -> [config, original implementation, number of users]
 
 
 def _base_function(module: nn.Module, base: str) -> Callable[..., Any]:
@@ -61,7 +63,7 @@ def align_mask(
     if width == kv_len:
         return mask
     if width > kv_len:
-        return mask[..., width - kv_len :]
+        raise RuntimeError(f"attention mask covers {width} keys but attention has {kv_len}; mmpt cannot align them")
     return pad_mask(mask, kv_len - width)
 
 
@@ -95,6 +97,11 @@ def _wrapped_attention(base: str) -> Callable[..., Any]:
 
 def ensure_registered(base: str) -> str:
     """Register ``mmpt_<base>`` (attention and mask functions) and return that name."""
+    if base not in ("sdpa", "eager"):
+        raise ValueError(
+            f"key/value injection supports the 'sdpa' and 'eager' attention implementations, not '{base}'; "
+            "load the model with attn_implementation='sdpa'"
+        )
     name = PREFIX + base
     if name not in ALL_ATTENTION_FUNCTIONS:
         AttentionInterface.register(name, _wrapped_attention(base))
@@ -133,16 +140,37 @@ class KVSlot:
         if hasattr(cache, "self_attention_cache"):  # encoder-decoder cache
             cache = cache.cross_attention_cache if self.cross else cache.self_attention_cache
         layers = getattr(cache, "layers", [])
-        if self.layer_idx < len(layers) and hasattr(layers[self.layer_idx], INJECTED_ATTR):
-            return getattr(layers[self.layer_idx], INJECTED_ATTR)
+        if self.layer_idx < len(layers) and isinstance(layers[self.layer_idx], _PrefixedLayer):
+            return layers[self.layer_idx].injected
+        if self.layer_idx < len(layers) and type(layers[self.layer_idx]) is not DynamicLayer:
+            raise ValueError(
+                f"key/value injection needs a dynamic KV cache, got {type(layers[self.layer_idx]).__name__} "
+                "(static and sliding-window caches size their masks differently); generate with "
+                "cache_implementation='dynamic'"
+            )
         k, v = self.provide(batch, dtype)
         cache.update(k, v, self.layer_idx)
         layer = cache.layers[self.layer_idx]
-        n = k.shape[2]
-        real_length = layer.get_seq_length
-        setattr(layer, INJECTED_ATTR, n)
-        layer.get_seq_length = lambda: max(real_length() - n, 0)  # report real tokens only
-        return n
+        if type(layer) is not DynamicLayer:
+            raise ValueError(f"key/value injection needs a dynamic KV cache, got {type(layer).__name__}")
+        layer.__class__ = _PrefixedLayer
+        layer.injected = k.shape[2]
+        return layer.injected
+
+
+class _PrefixedLayer(DynamicLayer):
+    """A dynamic cache layer holding injected tokens in front; it reports only the real tokens' length, so the
+    model sizes masks and positions as without injection. Survives ``deepcopy``; ``reset`` forgets the tokens."""
+
+    injected: int = 0
+
+    def get_seq_length(self) -> int:
+        return max(super().get_seq_length() - self.injected, 0)
+
+    def reset(self) -> None:
+        super().reset()
+        self.__class__ = DynamicLayer
+        del self.injected
 
 
 class _Call:
@@ -190,7 +218,7 @@ class KVInjection:
         self.modules = modules
         self.slots: list[KVSlot] = []
         self._handles: list[Any] = []
-        self._configs: dict[int, tuple[Any, str]] = {}
+        self._configs: dict[int, Any] = {}
         for module, provider in zip(modules, providers, strict=True):
             if getattr(module, SLOT_ATTR, None) is not None:
                 raise ValueError(f"{type(module).__name__} already has injected key/value tokens")
@@ -205,9 +233,12 @@ class KVInjection:
         current = getattr(config, "_attn_implementation", None)
         if config is None or current is None:
             raise ValueError(f"{type(module).__name__} does not dispatch through transformers' attention interface")
-        if id(config) not in self._configs:
-            self._configs[id(config)] = (config, current)
-            config._attn_implementation = ensure_registered(current.removeprefix(PREFIX))
+        if id(config) not in self._configs:  # shared by several injections: restored when the last one goes
+            users = _CONFIG_USERS.setdefault(id(config), [config, current, 0])
+            if users[2] == 0:
+                config._attn_implementation = ensure_registered(current.removeprefix(PREFIX))
+            users[2] += 1
+            self._configs[id(config)] = config
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             cache = _Call(mod, args, kwargs).get("past_key_values")
@@ -254,8 +285,12 @@ class KVInjection:
         for module in self.modules:
             if hasattr(module, SLOT_ATTR):
                 delattr(module, SLOT_ATTR)
-        for config, original in self._configs.values():
-            config._attn_implementation = original
+        for key, config in self._configs.items():
+            users = _CONFIG_USERS[key]
+            users[2] -= 1
+            if users[2] == 0:
+                config._attn_implementation = users[1]
+                del _CONFIG_USERS[key]
         self._handles, self.slots, self._configs = [], [], {}
 
 

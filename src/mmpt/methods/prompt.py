@@ -67,6 +67,7 @@ class PromptMethod(nn.Module):
             self.prompt = nn.Parameter(torch.randn(shape, device=embed.weight.device) * scale * config.init_scale)
         self._source = source or (lambda: self.prompt)
         self._stripping = False
+        self._mark = f"{CACHE_MARK}_{id(self)}"  # per instance: several prompt methods may share a cache
         self._handles = [
             backbone.register_forward_pre_hook(self._prepend, with_kwargs=True),
             backbone.register_forward_hook(self._strip),
@@ -79,7 +80,7 @@ class PromptMethod(nn.Module):
         mask = call.get("attention_mask")
         positions = call.get("position_ids")
         self._stripping = False
-        if cache is not None and getattr(cache, CACHE_MARK, None) == n and cache.get_seq_length() > 0:
+        if cache is not None and getattr(cache, self._mark, None) == n and cache.get_seq_length() > 0:
             # decoding step: the prompt is in the cache; extend the caller's mask and positions
             q = (call.get("inputs_embeds") if call.get("inputs_embeds") is not None else call.get("input_ids")).shape[1]
             if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[1] == cache.get_seq_length() - n + q:
@@ -102,7 +103,7 @@ class PromptMethod(nn.Module):
             head = torch.arange(n, device=positions.device).expand(*positions.shape[:-1], n)
             call.set("position_ids", torch.cat([head, positions + n], dim=-1))
         if cache is not None:
-            setattr(cache, CACHE_MARK, n)
+            setattr(cache, self._mark, n)
         self._stripping = True
         return call.result()
 

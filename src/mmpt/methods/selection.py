@@ -53,14 +53,20 @@ class ParameterSelection:
 
 
 def _tower_parameters(loaded: LoadedModel, towers: list[str]) -> dict[str, nn.Parameter]:
+    """Base-model parameters of ``towers`` (all towers when empty); other methods' parameters are excluded."""
     if not towers:
-        return dict(loaded.model.named_parameters())
+        return {k: p for k, p in loaded.model.named_parameters() if not _is_method_parameter(k)}
     out: dict[str, nn.Parameter] = {}
     for name in loaded.family.resolve(towers):
         path = loaded.family.tower(name).module
         for k, p in get_submodule(loaded.model, path).named_parameters():
-            out[f"{path}.{k}"] = p
+            if not _is_method_parameter(k):
+                out[f"{path}.{k}"] = p
     return out
+
+
+def _is_method_parameter(name: str) -> bool:
+    return name.startswith("mmpt_") or ".mmpt_" in name or ".lora_" in name
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -164,9 +165,10 @@ class PrefixMethod(nn.Module):
                 encoder.prefix[i, j] = out
 
     def fold(self) -> None:
-        """Fold MLP reparameterizations into plain prefixes (outputs unchanged)."""
+        """Fold MLP reparameterizations into plain prefixes (outputs unchanged); saves then hold plain prefixes."""
         for encoder in self.encoders.values():
             encoder.fold()
+        self.config = replace(self.config, reparam="none")
 
     def remove(self) -> None:
         """Remove all prefixes: the model is exactly as before :func:`mmpt.methods.apply`."""
