@@ -21,6 +21,7 @@ from torch import nn
 
 from mmpt.config import check
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.methods.blocks import block_width, hidden_of, with_hidden
 from mmpt.methods.kv import _Call, pad_mask
 from mmpt.methods.prompt import PromptConfig, PromptMethod
 from mmpt.models.family import blocks
@@ -51,14 +52,6 @@ class DeepPromptConfig(MethodConfig):
         check(self.init_scale > 0, f"init_scale: must be positive, got {self.init_scale}")
 
 
-def _hidden(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _with_hidden(out: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-
-
 class DeepPromptMethod(nn.Module):
     """Per-layer prompt tokens for one tower (see module docstring)."""
 
@@ -74,7 +67,7 @@ class DeepPromptMethod(nn.Module):
         if bad:
             raise ValueError(f"tower '{config.tower}' has layers 0..{n - 1}; layer(s) {bad} do not exist")
         chosen = sorted({i % n for i in config.layers}) if config.layers else list(range(n))
-        width = _width(all_blocks[0])
+        width = block_width(all_blocks[0])
         param = next(all_blocks[0].parameters())
         self.prompts = nn.Parameter(
             torch.randn(len(chosen), config.length, width, device=param.device) * config.init_scale
@@ -108,7 +101,7 @@ class DeepPromptMethod(nn.Module):
         return hook
 
     def _drop(self, block: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
-        return _with_hidden(out, _hidden(out)[:, self.config.length :])
+        return with_hidden(out, hidden_of(out)[:, self.config.length :])
 
     def _replace(self, slot: int) -> Callable[..., Any]:
         def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -130,13 +123,6 @@ class DeepPromptMethod(nn.Module):
         for inner in getattr(self, "_inner_list", []):
             inner.remove()
         detach_from_model(self)
-
-
-def _width(block: nn.Module) -> int:
-    for module in block.modules():
-        if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
-            return module.weight.shape[0]
-    raise ValueError(f"cannot find the hidden width of {type(block).__name__}")
 
 
 register_method(MethodEntry("deep_prompt", DeepPromptConfig, DeepPromptMethod,

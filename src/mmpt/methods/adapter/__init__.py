@@ -11,6 +11,7 @@ from torch import nn
 
 from mmpt.config import check
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.methods.blocks import block_width, hidden_of, with_hidden
 from mmpt.models.family import blocks
 
 if TYPE_CHECKING:
@@ -53,14 +54,6 @@ class Bottleneck(nn.Module):
         return self.up(torch.relu(self.down(x)))
 
 
-def _hidden_of(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _replace_hidden(out: Any, hidden: torch.Tensor) -> Any:
-    return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
-
-
 class AdapterMethod(nn.Module):
     """Adds a :class:`Bottleneck` to every block of the chosen towers through forward hooks."""
 
@@ -72,7 +65,7 @@ class AdapterMethod(nn.Module):
         device = next(loaded.model.parameters()).device
         for tower_name in loaded.family.resolve(config.towers):
             for i, block in enumerate(blocks(loaded.model, loaded.family.tower(tower_name))):
-                dim = _block_width(block)
+                dim = block_width(block)
                 adapter = Bottleneck(dim, config.bottleneck).to(device)
                 self.adapters[f"{tower_name}_{i}"] = adapter
                 hook = self._parallel(adapter) if config.placement == "parallel" else self._sequential(adapter)
@@ -81,8 +74,8 @@ class AdapterMethod(nn.Module):
     @staticmethod
     def _sequential(adapter: Bottleneck) -> Callable[..., Any]:
         def hook(block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-            h = _hidden_of(out)
-            return _replace_hidden(out, h + adapter(h.to(adapter.down.weight.dtype)).to(h.dtype))
+            h = hidden_of(out)
+            return with_hidden(out, h + adapter(h.to(adapter.down.weight.dtype)).to(h.dtype))
 
         return hook
 
@@ -91,8 +84,8 @@ class AdapterMethod(nn.Module):
 
         def hook(block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
             x = args[0] if args else kwargs["hidden_states"]
-            h = _hidden_of(out)
-            return _replace_hidden(out, h + scale * adapter(x.to(adapter.down.weight.dtype)).to(h.dtype))
+            h = hidden_of(out)
+            return with_hidden(out, h + scale * adapter(x.to(adapter.down.weight.dtype)).to(h.dtype))
 
         return hook
 
@@ -102,15 +95,6 @@ class AdapterMethod(nn.Module):
             handle.remove()
         self._handles = []
         detach_from_model(self)
-
-
-def _block_width(block: nn.Module) -> int:
-    for module in block.modules():
-        if isinstance(module, nn.LayerNorm | nn.RMSNorm) or type(module).__name__.endswith("RMSNorm"):
-            weight = getattr(module, "weight", None)
-            if weight is not None:
-                return weight.shape[0]
-    raise ValueError(f"cannot find the hidden width of {type(block).__name__}")
 
 
 register_method(MethodEntry("adapter", AdapterConfig, AdapterMethod, "bottleneck adapters: sequential or parallel"))
