@@ -80,7 +80,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             if f.name == "name":
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            kind = str(hints[f.name]).replace("typing.", "")
+            tp = hints[f.name]
+            kind = tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
             print(f"{'':14s}{f.name} = {default!r}  ({kind})")
     return 0
 
