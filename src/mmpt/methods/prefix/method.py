@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -12,7 +12,7 @@ from torch import nn
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import KVInjection, kv_layout, projections
 from mmpt.methods.prefix.config import PrefixConfig
-from mmpt.models.family import Tower, attention_modules
+from mmpt.models.family import Tower, attention_modules, get_submodule
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -84,6 +84,7 @@ class PrefixMethod(nn.Module):
         self.config = config
         self.encoders = nn.ModuleDict()
         self.injections: list[KVInjection] = []
+        self._hooks: list[Any] = []
         family = loaded.family
         device = next(loaded.model.parameters()).device
         try:
@@ -123,7 +124,12 @@ class PrefixMethod(nn.Module):
         self.encoders[key] = encoder
         if config.init == "text":
             self._init_from_text(loaded, encoder, chosen, config)
-        providers = [_provider(encoder, i) for i in range(len(chosen))]
+        memo = _Memo(encoder)
+        providers = [memo.provider(i) for i in range(len(chosen))]
+        # the encoder runs once per forward of the tower, not once per layer
+        tower_module = get_submodule(loaded.model, tower.module)
+        self._hooks.append(tower_module.register_forward_pre_hook(lambda *_: memo.clear()))
+        self._hooks.append(tower_module.register_forward_hook(lambda *_: memo.clear()))
         mode = "cache" if tower.injection == "cache" else "interface"
         self.injections.append(KVInjection(chosen, providers, cross, mode))
 
@@ -174,7 +180,9 @@ class PrefixMethod(nn.Module):
         """Remove all prefixes: the model is exactly as before :func:`mmpt.methods.apply`."""
         for inj in self.injections:
             inj.remove()
-        self.injections = []
+        for hook in self._hooks:
+            hook.remove()
+        self.injections, self._hooks = [], []
         detach_from_model(self)
 
     def set_active(self, active: bool) -> None:
@@ -183,12 +191,23 @@ class PrefixMethod(nn.Module):
             inj.set_active(active)
 
 
-def _provider(encoder: PrefixEncoder, index: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-    def provide() -> tuple[torch.Tensor, torch.Tensor]:
-        out = encoder()
-        return out[index, 0], out[index, 1]
+class _Memo:
+    """Runs a :class:`PrefixEncoder` at most once between two ``clear()`` calls; layers read their slices."""
 
-    return provide
+    def __init__(self, encoder: PrefixEncoder) -> None:
+        self.encoder = encoder
+        self.value: torch.Tensor | None = None
+
+    def clear(self) -> None:
+        self.value = None
+
+    def provider(self, index: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        def provide() -> tuple[torch.Tensor, torch.Tensor]:
+            if self.value is None:
+                self.value = self.encoder()
+            return self.value[index, 0], self.value[index, 1]
+
+        return provide
 
 
 register_method(MethodEntry("prefix", PrefixConfig, PrefixMethod, "deep prefix tuning: learned K/V prefixes at every layer"))
