@@ -22,6 +22,16 @@ def real_model():
     return load("mmpt-tiny")
 
 
+def randomize(model, std: float = 0.3, seed: int = 0):
+    """Re-draw every weight matrix from N(0, std): tiny random models then give input-dependent outputs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, std, generator=gen)
+    return model
+
+
 def make_tiny(attn: str = "sdpa", seed: int = 0):
     """A fresh tiny random mmpt-tiny with non-degenerate weights (std 0.2) so that outputs differ by input."""
     from mmpt.models import load

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import randomize
 from mmpt import methods, models
 from mmpt.methods import PrefixConfig
 from mmpt.models.families import FAMILY_MODULES
@@ -20,11 +21,7 @@ CASES = [
 
 def _load(name, seed=0):
     loaded = models.load(f"{name}-tiny-random", seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in loaded.model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3, generator=gen)
+    randomize(loaded.model, 0.3, seed)
     return loaded, FAMILY_MODULES[name]
 
 

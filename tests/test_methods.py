@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import ANSWERS, PROMPTS, make_tiny
+from conftest import ANSWERS, PROMPTS, make_tiny, randomize
 from mmpt import methods, models
 from mmpt.methods import (
     AdapterConfig,
@@ -37,6 +37,17 @@ TINY_CASES = [
 
 def _ids(config):
     return f"{config.name}-{getattr(config, 'placement', '')}".rstrip("-")
+
+
+def _assert_effect_then_exact_removal(loaded, batch, base, config):
+    """Applying ``config`` (nudged off its identity init) changes the logits; removing it restores them exactly."""
+    method = methods.apply(loaded, config)
+    _nudge(method)
+    with torch.no_grad():
+        assert not torch.allclose(loaded.model(**batch).logits, base)
+    method.remove()
+    with torch.no_grad():
+        assert torch.equal(loaded.model(**batch).logits, base)
 
 
 def _nudge(method):
@@ -91,13 +102,7 @@ def test_method_on_families(family, config):
     batch = FAMILY_MODULES[family].tiny_inputs(loaded.model, [3, 5])
     with torch.no_grad():
         base = loaded.model(**batch).logits
-    method = methods.apply(loaded, config)
-    _nudge(method)
-    with torch.no_grad():
-        assert not torch.allclose(loaded.model(**batch).logits, base)
-    method.remove()
-    with torch.no_grad():
-        assert torch.equal(loaded.model(**batch).logits, base)
+    _assert_effect_then_exact_removal(loaded, batch, base, config)
 
 
 def test_methods_compose_prefix_then_lora(images):
@@ -139,10 +144,7 @@ def test_prompt_generation_with_cache_matches(family, config, images):
         single = loaded.processor(images[1:2], PROMPTS[1:2])
     else:
         loaded = models.load(f"{family}-tiny-random")
-        with torch.no_grad():
-            for p in loaded.model.parameters():
-                if p.dim() > 1:
-                    p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+        randomize(loaded.model)
         gen = FAMILY_MODULES[family].tiny_inputs(loaded.model, [5, 2, 7])
         keep = gen["attention_mask"][1].bool()
         single = {k: (v[1][keep][None] if v.dim() == 2 else v[1:2]) for k, v in gen.items()}
@@ -158,18 +160,9 @@ def test_prompt_generation_with_cache_matches(family, config, images):
 @pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2"])
 def test_visual_deep_prompts_and_m2pt_on_vit_families(family):
     loaded = models.load(f"{family}-tiny-random")
-    with torch.no_grad():
-        for p in loaded.model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(0))
+    randomize(loaded.model)
     batch = FAMILY_MODULES[family].tiny_inputs(loaded.model, [3, 5])
     with torch.no_grad():
         base = loaded.model(**batch).logits
     for config in (DeepPromptConfig(length=2, tower="vision"), M2PTConfig(visual_length=2, text_length=2)):
-        method = methods.apply(loaded, config)
-        _nudge(method)
-        with torch.no_grad():
-            assert not torch.allclose(loaded.model(**batch).logits, base)
-        method.remove()
-        with torch.no_grad():
-            assert torch.equal(loaded.model(**batch).logits, base)
+        _assert_effect_then_exact_removal(loaded, batch, base, config)

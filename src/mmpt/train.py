@@ -114,8 +114,6 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         model_kwargs["projector_checkpoint"] = config.model.projector_checkpoint
     loaded = models.load(config.model.name, **model_kwargs)
     loaded.model.to(accelerator.device)
-    for p in loaded.model.parameters():
-        p.requires_grad_(False)
     base_fingerprint = methods.fingerprint(loaded.model)
     train_samples, eval_samples = build_data(config)
     say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset})")

@@ -1,7 +1,8 @@
-"""Helpers for hooks on transformer blocks: their width and their (possibly tuple) outputs."""
+"""Helpers for forward hooks: call arguments by name, block widths and (possibly tuple) block outputs."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -26,3 +27,28 @@ def hidden_of(out: Any) -> torch.Tensor:
 def with_hidden(out: Any, hidden: torch.Tensor) -> Any:
     """A block output like ``out`` carrying ``hidden`` instead."""
     return (hidden, *out[1:]) if isinstance(out, tuple) else hidden
+
+
+class CallArguments:
+    """Read and replace named arguments of a hooked forward call, whether passed by position or keyword."""
+
+    def __init__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        params = inspect.signature(module.forward).parameters.values()
+        self.names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self.args, self.kwargs = list(args), dict(kwargs)
+
+    def get(self, name: str) -> Any:
+        if name in self.kwargs:
+            return self.kwargs[name]
+        if name in self.names and self.names.index(name) < len(self.args):
+            return self.args[self.names.index(name)]
+        return None
+
+    def set(self, name: str, value: Any) -> None:
+        if name in self.names and self.names.index(name) < len(self.args):
+            self.args[self.names.index(name)] = value
+        else:
+            self.kwargs[name] = value
+
+    def result(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return tuple(self.args), self.kwargs

@@ -21,8 +21,8 @@ from torch import nn
 
 from mmpt.config import check
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
-from mmpt.methods.blocks import block_width, hidden_of, with_hidden
-from mmpt.methods.kv import _Call, pad_mask
+from mmpt.methods.blocks import CallArguments, block_width, hidden_of, with_hidden
+from mmpt.methods.kv import pad_mask
 from mmpt.methods.prompt import PromptConfig, PromptMethod
 from mmpt.models.family import blocks
 
@@ -87,7 +87,7 @@ class DeepPromptMethod(nn.Module):
 
     def _insert(self, slot: int) -> Callable[..., Any]:
         def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            call = _Call(block, args, kwargs)
+            call = CallArguments(block, args, kwargs)
             hidden = call.get("hidden_states")
             prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
             call.set("hidden_states", torch.cat([prompts, hidden], dim=1))
@@ -107,7 +107,7 @@ class DeepPromptMethod(nn.Module):
         def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if not self._inner_list[0]._stripping:  # decoding step: prompts are in the cache already
                 return None
-            call = _Call(block, args, kwargs)
+            call = CallArguments(block, args, kwargs)
             hidden = call.get("hidden_states")
             prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
             call.set("hidden_states", torch.cat([prompts, hidden[:, self.config.length :]], dim=1))

@@ -21,7 +21,6 @@ rotated) and real tokens keep the positions they have without injection.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +31,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from mmpt.methods.blocks import CallArguments
 
 PREFIX = "mmpt_"
 SLOT_ATTR = "_mmpt_kv_slot"  # on an attention module
@@ -173,31 +174,6 @@ class _PrefixedLayer(DynamicLayer):
         del self.injected
 
 
-class _Call:
-    """Read and replace named arguments of a hooked forward call, whether passed by position or keyword."""
-
-    def __init__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        params = inspect.signature(module.forward).parameters.values()
-        self.names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        self.args, self.kwargs = list(args), dict(kwargs)
-
-    def get(self, name: str) -> Any:
-        if name in self.kwargs:
-            return self.kwargs[name]
-        if name in self.names and self.names.index(name) < len(self.args):
-            return self.args[self.names.index(name)]
-        return None
-
-    def set(self, name: str, value: Any) -> None:
-        if name in self.names and self.names.index(name) < len(self.args):
-            self.args[self.names.index(name)] = value
-        else:
-            self.kwargs[name] = value
-
-    def result(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        return tuple(self.args), self.kwargs
-
-
 class KVInjection:
     """Installs :class:`KVSlot` s on attention modules; :meth:`remove` restores the model exactly.
 
@@ -241,10 +217,10 @@ class KVInjection:
             self._configs[id(config)] = config
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            cache = _Call(mod, args, kwargs).get("past_key_values")
+            cache = CallArguments(mod, args, kwargs).get("past_key_values")
             slot.in_cache = cache is not None and slot.active and slot.layer_idx is not None
             if slot.in_cache:
-                hidden = _Call(mod, args, kwargs).get("hidden_states")
+                hidden = CallArguments(mod, args, kwargs).get("hidden_states")
                 slot.write_to_cache(cache, hidden.shape[0], hidden.dtype)
 
         return hook
@@ -259,7 +235,7 @@ class KVInjection:
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if not slot.active:
                 return None
-            call = _Call(mod, args, kwargs)
+            call = CallArguments(mod, args, kwargs)
             cache = call.get("past_key_values")
             if cache is None:
                 cache = DynamicCache()

@@ -17,7 +17,8 @@ from torch import nn
 
 from mmpt.config import check
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
-from mmpt.methods.kv import _Call, pad_mask
+from mmpt.methods.blocks import CallArguments
+from mmpt.methods.kv import pad_mask
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class PromptMethod(nn.Module):
         ]
 
     def _prepend(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        call = _Call(module, args, kwargs)
+        call = CallArguments(module, args, kwargs)
         n = self.config.length
         cache = call.get("past_key_values")
         mask = call.get("attention_mask")
