@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import shutil
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def _cmd_pretrain_projector(args: argparse.Namespace) -> int:
     trained = Path(metrics["run_dir"]) / "projector.safetensors"
     if args.install:
         target = PROJECTOR_CHECKPOINT
-        if target.exists():
-            backup = target.with_suffix(".safetensors.bak")
+        if target.exists():  # keep every earlier projector: one timestamped backup per install
+            backup = target.with_name(f"{target.stem}.{time.strftime('%Y%m%d-%H%M%S')}.safetensors.bak")
             shutil.copy2(target, backup)
             print(f"mmpt: previous projector kept as {backup}")
         target.parent.mkdir(parents=True, exist_ok=True)
