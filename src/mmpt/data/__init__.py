@@ -4,14 +4,14 @@ from mmpt.data.easyvqa import (
     COLORS,
     QUESTION_TYPES,
     SHAPES,
-    Sample,
     easy_vqa_captions,
     load_easy_vqa,
     question_type,
 )
 from mmpt.data.photos import skimage_captions
+from mmpt.data.sample import DataError, Sample, box_to_text, text_to_box
 
 __all__ = [
-    "COLORS", "QUESTION_TYPES", "SHAPES", "Sample", "easy_vqa_captions", "load_easy_vqa", "question_type",
-    "skimage_captions",
+    "COLORS", "QUESTION_TYPES", "SHAPES", "DataError", "Sample", "box_to_text", "easy_vqa_captions",
+    "load_easy_vqa", "question_type", "skimage_captions", "text_to_box",
 ]

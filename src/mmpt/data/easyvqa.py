@@ -18,27 +18,15 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
+from mmpt.data.sample import Sample
 
 COLORS = ("red", "green", "blue", "black", "gray", "yellow", "teal", "brown")
 SHAPES = ("circle", "rectangle", "triangle")
 QUESTION_TYPES = ("color", "shape", "yes_no")
 Split = Literal["train", "test"]
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One example: an image file, a prompt, the target text and (for VQA) the question type."""
-
-    image: Path | np.ndarray
-    prompt: str
-    target: str
-    kind: str = ""
-    image_id: int = -1
 
 
 def question_type(answer: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmpt.data.easyvqa import Sample
+from mmpt.data.sample import Sample
 
 # Hand-written captions of the colour photos that ship inside scikit-image (no download needed).
 PHOTO_CAPTIONS: dict[str, str] = {
