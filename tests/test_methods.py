@@ -99,9 +99,24 @@ def test_method_on_tiny(config, images, tmp_path):
                          ids=_ids)
 def test_method_on_families(family, config):
     loaded = models.load(f"{family}-tiny-random")
-    batch = FAMILY_MODULES[family].tiny_inputs(loaded.model, [3, 5])
+    model = loaded.model
+    batch = FAMILY_MODULES[family].tiny_inputs(model, [3, 5])
     with torch.no_grad():
-        base = loaded.model(**batch).logits
+        base = model(**batch).logits
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = methods.apply(loaded, config)
+    trained = {id(p) for p in method.parameters()}
+    assert trained and all(p.requires_grad == (id(p) in trained) for p in model.parameters())
+    optimizer = torch.optim.AdamW(method.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        model(**batch, use_cache=False).logits.float().pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    if config.name in ("lora", "adapter"):  # the others train base weights in place
+        state = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()}
+        assert all(torch.equal(state[k], v) for k, v in before.items())
+    method.remove()
+    model.load_state_dict(before)
     _assert_effect_then_exact_removal(loaded, batch, base, config)
 
 
@@ -135,26 +150,58 @@ def test_visual_prompt_rejects_wrong_image_size(images):
         loaded.model(**batch)
 
 
-@pytest.mark.parametrize("config", [PromptConfig(length=3), DeepPromptConfig(length=2, tower="lm")], ids=_ids)
-@pytest.mark.parametrize("family", ["mmpt-tiny", "llava", "idefics3"])
+GENERATION_CASES = [
+    (family, config)
+    for family in ["mmpt-tiny", "llava", "idefics3", "paligemma", "blip2", "florence2"]
+    for config in [PromptConfig(length=3), DeepPromptConfig(length=2, tower="lm"),
+                   M2PTConfig(visual_length=1, text_length=2, frame_width=8)]
+    if not (family == "florence2" and config.name == "m2pt")  # no vision prompts for DaViT, no 'lm' tower
+]
+
+
+@pytest.mark.parametrize(("family", "config"), GENERATION_CASES, ids=lambda v: v if isinstance(v, str) else _ids(v))
 def test_prompt_generation_with_cache_matches(family, config, images):
+    """Greedy generation with prompts: KV cache == no cache; a left-padded batch == the sample alone."""
     if family == "mmpt-tiny":
         loaded = make_tiny()
         gen = loaded.processor(images, PROMPTS)
-        single = loaded.processor(images[1:2], PROMPTS[1:2])
     else:
         loaded = models.load(f"{family}-tiny-random")
-        randomize(loaded.model)
+        randomize(loaded.model, 0.3, 0)
         gen = FAMILY_MODULES[family].tiny_inputs(loaded.model, [5, 2, 7])
-        keep = gen["attention_mask"][1].bool()
-        single = {k: (v[1][keep][None] if v.dim() == 2 else v[1:2]) for k, v in gen.items()}
+        gen.pop("decoder_input_ids", None)
+        if family == "florence2":  # prompts go into its decoder
+            config = type(config)(**{**vars(config), "tower": "decoder"})
+    keep = gen["attention_mask"][1].bool()
+    single = {k: (v[1][keep][None] if v.dim() == 2 and v.shape[1] == keep.shape[0] else v[1:2])
+              for k, v in gen.items()}
+    kw = dict(max_new_tokens=5, do_sample=False)
+    encoder_decoder = loaded.model.config.is_encoder_decoder
+
+    def batch_matches_single() -> bool:
+        batch, one = loaded.model.generate(**gen, **kw), loaded.model.generate(**single, **kw)
+        return torch.equal(batch[1] if encoder_decoder else batch[1, -one.shape[1]:], one[0])
+
+    padding_exact = batch_matches_single()  # BART's learned positions make Florence-2's own padding inexact
     method = methods.apply(loaded, config)
     _nudge(method)
-    kw = dict(max_new_tokens=5, do_sample=False)
     cached = loaded.model.generate(**gen, **kw)
     assert torch.equal(cached, loaded.model.generate(**gen, use_cache=False, **kw))
-    one = loaded.model.generate(**single, **kw)
-    assert torch.equal(cached[1, -one.shape[1]:], one[0])
+    if padding_exact:
+        assert batch_matches_single()
+
+
+def test_input_prompts_refused_where_generate_refeeds_cache():
+    loaded = models.load("blip-tiny-random")
+    with pytest.raises(ValueError, match="use prefix"):
+        methods.apply(loaded, PromptConfig(length=2))
+
+
+def test_decoder_deep_prompts_must_start_at_layer_0():
+    loaded = make_tiny()
+    with pytest.raises(ValueError, match="Include layer 0"):
+        methods.apply(loaded, DeepPromptConfig(length=2, tower="lm", layers=[1]))
+    methods.apply(loaded, DeepPromptConfig(length=2, tower="lm", layers=[0, 1])).remove()
 
 
 @pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2"])

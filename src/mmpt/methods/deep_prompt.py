@@ -5,7 +5,7 @@ are inserted in front of the hidden states, and after the block they are dropped
 its own prompts and the tower's output keeps its shape. Positions are added before the first block, so the
 prompts carry none.
 
-Decoder towers (LMs): the first chosen layer's prompts are prepended to the input like ``prompt`` (positions,
+Decoder towers (LMs; the chosen layers must include layer 0): layer 0's prompts are prepended to the input like ``prompt`` (positions,
 padding mask and KV cache handled there); before every later chosen layer the hidden states at the prompt
 positions are replaced by that layer's prompts. With a KV cache this happens once, at prefill.
 """
@@ -67,6 +67,12 @@ class DeepPromptMethod(nn.Module):
         if bad:
             raise ValueError(f"tower '{config.tower}' has layers 0..{n - 1}; layer(s) {bad} do not exist")
         chosen = sorted({i % n for i in config.layers}) if config.layers else list(range(n))
+        if tower.kind == "decoder" and chosen[0] != 0:
+            raise ValueError(
+                f"deep_prompt on the decoder tower '{config.tower}' starts at layer 0 (its prompts enter as input "
+                f"tokens and are replaced at each later chosen layer); got layers {config.layers}. Include layer 0, "
+                "or use prefix for layer ranges that skip the bottom layers"
+            )
         width = block_width(all_blocks[0])
         param = next(all_blocks[0].parameters())
         self.prompts = nn.Parameter(

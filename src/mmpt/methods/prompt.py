@@ -59,6 +59,11 @@ class PromptMethod(nn.Module):
         tower = loaded.family.tower(config.tower)
         if tower.kind != "decoder" or not tower.backbone:
             raise ValueError(f"prompt needs a decoder tower with a backbone; '{config.tower}' is a {tower.kind}")
+        if not tower.input_prompts:
+            raise ValueError(
+                f"prompt: the '{config.tower}' tower of {loaded.family.name} cannot take input prompts (its "
+                "generate() re-feeds cached tokens, which would shift them); use prefix, which this tower supports"
+            )
         backbone = get_submodule(loaded.model, tower.backbone)
         embed = backbone.get_input_embeddings()
         self._embed = [embed]  # a list: not registered as a submodule
@@ -73,6 +78,28 @@ class PromptMethod(nn.Module):
             backbone.register_forward_pre_hook(self._prepend, with_kwargs=True),
             backbone.register_forward_hook(self._strip),
         ]
+        if loaded.model is not backbone:  # outer models may build the attention mask before the backbone runs
+            self._handles.append(loaded.model.register_forward_pre_hook(self._extend_mask, with_kwargs=True))
+
+    def _decoding(self, call: CallArguments) -> bool:
+        cache = call.get("past_key_values")
+        return cache is not None and getattr(cache, self._mark, None) == self.config.length and (
+            cache.get_seq_length() > 0
+        )
+
+    def _extend_mask(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """At a decoding step, add the cached prompt's columns to a 2D padding mask the caller sized without them."""
+        call = CallArguments(module, args, kwargs)
+        if not self._decoding(call):
+            return None
+        mask, n = call.get("attention_mask"), self.config.length
+        new = call.get("inputs_embeds") if call.get("inputs_embeds") is not None else call.get("input_ids")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2 and new is not None and (
+            mask.shape[1] == call.get("past_key_values").get_seq_length() - n + new.shape[1]
+        ):
+            call.set("attention_mask", torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1))
+            return call.result()
+        return None
 
     def _prepend(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = CallArguments(module, args, kwargs)
@@ -81,13 +108,21 @@ class PromptMethod(nn.Module):
         mask = call.get("attention_mask")
         positions = call.get("position_ids")
         self._stripping = False
-        if cache is not None and getattr(cache, self._mark, None) == n and cache.get_seq_length() > 0:
+        if self._decoding(call):
             # decoding step: the prompt is in the cache; extend the caller's mask and positions
-            q = (call.get("inputs_embeds") if call.get("inputs_embeds") is not None else call.get("input_ids")).shape[1]
-            if isinstance(mask, torch.Tensor) and mask.ndim == 2 and mask.shape[1] == cache.get_seq_length() - n + q:
-                call.set("attention_mask", torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1))
+            extended = self._extend_mask(module, args, kwargs)
+            if extended is not None:
+                call = CallArguments(module, *extended)
             if positions is not None:
-                call.set("position_ids", positions + n)
+                # continue from where prefill ended; callers differ in whether their positions count the
+                # cached prompt (HF generate() counts from the mask, PaliGemma from the cache length)
+                following = getattr(cache, f"{self._mark}_next", None)
+                if following is not None and following.shape[0] == positions.shape[0]:
+                    q = positions.shape[-1]
+                    call.set("position_ids", following + torch.arange(q, device=positions.device))
+                    setattr(cache, f"{self._mark}_next", following + q)
+                else:
+                    call.set("position_ids", positions + n)
             return call.result()
         embeds = call.get("inputs_embeds")
         if embeds is None:
@@ -101,10 +136,14 @@ class PromptMethod(nn.Module):
         elif isinstance(mask, torch.Tensor) and mask.ndim == 4:  # a prepared (B, 1, Q, K) mask, e.g. PaliGemma
             call.set("attention_mask", _prepend_to_4d(mask, n))
         if positions is not None:
-            head = torch.arange(n, device=positions.device).expand(*positions.shape[:-1], n)
+            # contiguous with the real positions (some models count from 1; a gap would read as a new packed
+            # sequence to transformers' mask builder)
+            head = positions.amin(-1, keepdim=True) + torch.arange(n, device=positions.device)
             call.set("position_ids", torch.cat([head, positions + n], dim=-1))
         if cache is not None:
             setattr(cache, self._mark, n)
+            if positions is not None:
+                setattr(cache, f"{self._mark}_next", positions[..., -1:] + n + 1)
         self._stripping = True
         return call.result()
 

@@ -30,6 +30,8 @@ class Tower:
         injection: how key/value tokens reach its attention: ``interface`` (transformers' attention
             functions), ``cache`` (fallback for modules that append to a ``past_key_values`` cache themselves) or ``none`` (not possible,
             e.g. fused QKV projections computed outside the interface).
+        input_prompts: whether prompt methods may prepend tokens to its input. False where the model's own
+            ``generate()`` re-feeds tokens it has cached (BLIP's BERT decoder), which shifts prepended prompts.
     """
 
     kind: TowerKind
@@ -39,6 +41,7 @@ class Tower:
     backbone: str = ""
     cross_attention: str = ""
     injection: Literal["interface", "cache", "none"] = "interface"
+    input_prompts: bool = True
 
 
 @dataclass(frozen=True)

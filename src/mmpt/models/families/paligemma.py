@@ -48,4 +48,6 @@ def tiny_inputs(model: nn.Module, lengths: list[int], seed: int = 0) -> dict[str
     rows = [[IMAGE_TOKEN_ID] * NUM_IMAGE_TOKENS + [2] + random_text(n, 3, 900, gen) for n in lengths]
     batch = left_padded(rows, 0)
     batch["pixel_values"] = torch.randn(len(lengths), 3, 32, 32, generator=gen)
+    # as PaliGemma's processor makes them: 0 marks the image + prompt prefix (bidirectional attention there)
+    batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
     return batch
