@@ -1,0 +1,1 @@
+"""One module per dataset file format; :mod:`mmpt.data.readers` is the public entry point."""
