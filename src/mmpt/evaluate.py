@@ -38,6 +38,11 @@ def open_image(image: Any) -> Image.Image | np.ndarray:
         raise ValueError(f"cannot read image {image}: {exc}") from None
 
 
+def _batch(processor: VLMProcessor, chunk: Sequence[Sample], answers: Sequence[str] | None = None) -> Any:
+    contexts = [s.context for s in chunk] if any(s.context for s in chunk) else None
+    return processor([open_image(s.image) for s in chunk], [s.prompt for s in chunk], answers, contexts)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -47,8 +52,9 @@ def predict(
     max_new_tokens: int = 8,
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     progress: bool = True,
+    num_beams: int = 1,
 ) -> list[str]:
-    """Greedy generations for ``samples``, in order."""
+    """Generated answers for ``samples``, in order: greedy, or beam search with ``num_beams > 1``."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -56,18 +62,59 @@ def predict(
     bar = tqdm(total=len(samples), desc="eval", unit="sample", disable=not progress, leave=False)
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
-        batch = processor([open_image(s.image) for s in chunk], [s.prompt for s in chunk])
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in _batch(processor, chunk).items()}
         with autocast():
             ids = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
+                num_beams=num_beams,
                 pad_token_id=processor.pad_token_id,
                 eos_token_id=processor.tokenizer.eos_token_id,
             )
         out.extend(processor.decode(ids))
         bar.update(len(chunk))
+    bar.close()
+    model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def rank_candidates(
+    model: nn.Module,
+    processor: VLMProcessor,
+    samples: Sequence[Sample],
+    candidates: Sequence[str],
+    batch_size: int = 16,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    progress: bool = True,
+) -> list[str]:
+    """For each sample, the candidate answer with the highest log-likelihood (OFA's all-candidate evaluation).
+
+    A candidate's score is the summed log-probability of its tokens and the end-of-turn token, so "yes" and
+    "yes it is" are told apart. Costs one forward pass per (sample, candidate) pair, ``batch_size`` at a time.
+    """
+    if not candidates:
+        raise ValueError("rank_candidates needs at least one candidate answer")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str] = []
+    bar = tqdm(total=len(samples), desc="rank", unit="sample", disable=not progress, leave=False)
+    for sample in samples:
+        scores: list[torch.Tensor] = []
+        for start in range(0, len(candidates), batch_size):
+            chunk = list(candidates[start : start + batch_size])
+            batch = {k: v.to(device) for k, v in _batch(processor, [sample] * len(chunk), chunk).items()}
+            labels = batch.pop("labels")
+            with autocast():
+                logits = model(**batch, use_cache=False).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = labels[:, 1:]
+            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            scores.append((picked * (target >= 0)).sum(-1).cpu())
+        out.append(candidates[int(torch.cat(scores).argmax())])
+        bar.update(1)
     bar.close()
     model.train(was_training)
     return out

@@ -19,22 +19,68 @@ class ModelConfig:
     projector_checkpoint: str = ""
 
 
+FORMATS = ("coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl")
+
+
+@dataclass
+class SourceConfig:
+    """Files of one split in a format on disk (``docs/data_formats.md`` shows each format's keys).
+
+    Attributes:
+        format: ``coco-karpathy``, ``flickr30k-karpathy``, ``vqav2``, ``snli-ve``, ``refcoco``, ``llava``, ``jsonl``.
+        path: the main file (Karpathy JSON, SNLI-VE / generic JSONL, LLaVA JSON).
+        images: the image folder paths in the files are relative to.
+        split: Karpathy split (``train`` includes ``restval``) or RefCOCO split (``val``, ``testA``...).
+        questions / annotations: VQAv2's two files (no annotations for test-dev).
+        refs / instances: RefCOCO's ``refs(unc).p`` and ``instances.json``.
+        prompt_template: how the record's text becomes the prompt (empty: the reader's default).
+        limit: keep the first N samples (null: all).
+    """
+
+    format: Literal["coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl"] = "jsonl"
+    path: str = ""
+    images: str = ""
+    split: str = ""
+    questions: str = ""
+    annotations: str = ""
+    refs: str = ""
+    instances: str = ""
+    prompt_template: str = ""
+    limit: int | None = None
+
+    def validate(self) -> None:
+        needs = {
+            "coco-karpathy": ("path", "images", "split"), "flickr30k-karpathy": ("path", "images", "split"),
+            "vqav2": ("questions", "images"), "snli-ve": ("path", "images"), "llava": ("path", "images"),
+            "refcoco": ("refs", "instances", "images", "split"), "jsonl": ("path",),
+        }[self.format]
+        missing = [k for k in needs if not getattr(self, k)]
+        check(not missing, f"format {self.format} needs {', '.join(needs)}; missing {', '.join(missing)}")
+        check(self.limit is None or self.limit > 0, f"limit: must be positive or null, got {self.limit}")
+
+
 @dataclass
 class DataConfig:
     """Training and evaluation data.
 
     Attributes:
-        dataset: ``easy-vqa`` (questions) or ``easy-vqa-captions`` (one caption per image, plus the captioned
-            scikit-image photos when ``include_photos``).
-        train_size / eval_size: samples kept after a seeded shuffle (null keeps all for training).
+        dataset: ``easy-vqa`` (questions), ``easy-vqa-captions`` (one caption per image, plus the captioned
+            scikit-image photos when ``include_photos``), or ``files`` (``train`` / ``eval`` below).
+        train / eval: the files to read when ``dataset: files`` (see :class:`SourceConfig`).
+        on_error: ``raise`` stops at the first malformed record or missing image (naming file and record);
+            ``skip`` leaves such records out and reports how many.
+        train_size / eval_size: samples kept after a seeded shuffle (null keeps all).
         question_types: easy-VQA types used for training (``color``, ``shape``, ``yes_no``).
         eval_question_types: types used for evaluation (defaults to all three).
-        prompt_template: turns a question into the prompt; ``{question}`` is replaced.
+        prompt_template: turns an easy-VQA question into the prompt; ``{question}`` is replaced.
     """
 
-    dataset: Literal["easy-vqa", "easy-vqa-captions"] = "easy-vqa"
+    dataset: Literal["easy-vqa", "easy-vqa-captions", "files"] = "easy-vqa"
+    train: SourceConfig | None = None
+    eval: SourceConfig | None = None
+    on_error: Literal["raise", "skip"] = "raise"
     train_size: int | None = 2000
-    eval_size: int = 200
+    eval_size: int | None = 200
     question_types: list[str] = field(default_factory=lambda: ["color", "shape", "yes_no"])
     eval_question_types: list[str] = field(default_factory=lambda: ["color", "shape", "yes_no"])
     prompt_template: str = "{question} Answer with one word."
@@ -42,11 +88,17 @@ class DataConfig:
 
     def validate(self) -> None:
         check(self.train_size is None or self.train_size > 0, f"train_size: must be positive, got {self.train_size}")
-        check(self.eval_size >= 0, f"eval_size: must be >= 0, got {self.eval_size}")
+        check(self.eval_size is None or self.eval_size >= 0, f"eval_size: must be >= 0, got {self.eval_size}")
         check("{question}" in self.prompt_template, "prompt_template: must contain {question}")
         for key in ("question_types", "eval_question_types"):
             bad = set(getattr(self, key)) - {"color", "shape", "yes_no"}
             check(not bad, f"{key}: unknown type(s) {sorted(bad)}; use color, shape, yes_no")
+        if self.dataset == "files":
+            check(self.train is not None or self.eval is not None,
+                  "dataset: 'files' needs data.train and/or data.eval, e.g. {format: vqav2, questions: ..., ...}")
+        else:
+            check(self.train is None and self.eval is None,
+                  f"train/eval: files are read only with dataset: files (dataset is {self.dataset})")
 
 
 @dataclass
@@ -66,6 +118,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     num_workers: int = 0
     log_every: int = 10
+    eval_every: int | None = None
+    save_every: int | None = None
 
     def validate(self) -> None:
         check(self.epochs > 0, f"epochs: must be positive, got {self.epochs}")
@@ -76,19 +130,40 @@ class TrainConfig:
         check(0 <= self.warmup_ratio < 1, f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         check(all(0 <= b < 1 for b in self.betas), f"betas: each must be in [0, 1), got {self.betas}")
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip: must be positive or null")
+        for key in ("log_every", "eval_every", "save_every"):
+            value = getattr(self, key)
+            check(value is None or value > 0, f"{key}: must be a positive number of steps or null, got {value}")
 
 
 @dataclass
 class EvalConfig:
-    """Generation-based evaluation: greedy decoding, exact match after normalization."""
+    """Evaluation (what is measured depends on the run's ``task``; ``docs/configs.md`` lists the metrics).
+
+    Attributes:
+        batch_size: samples per generation batch.
+        max_new_tokens: generation length (captions and boxes need more than one-word answers).
+        num_beams: beam size; null means the task's default (5 for captions as in OFA, else 1 = greedy).
+        candidates: rank these answers by likelihood instead of generating (OFA's all-candidate evaluation):
+            a list, or a text file with one answer per line. Visual entailment defaults to yes/maybe/no.
+        before: also evaluate before training (zero-shot).
+        metric: the metric that selects the best checkpoint (null: the task's main metric).
+        spice: also compute SPICE for captions (needs Stanford CoreNLP; skipped with a warning when missing).
+        mme: score yes/no answers MME-style (accuracy and accuracy+ per ``kind`` and image).
+    """
 
     batch_size: int = 16
     max_new_tokens: int = 8
+    num_beams: int | None = None
+    candidates: list[str] | str | None = None
     before: bool = True
+    metric: str | None = None
+    spice: bool = False
+    mme: bool = False
 
     def validate(self) -> None:
         check(self.batch_size > 0, f"batch_size: must be positive, got {self.batch_size}")
         check(self.max_new_tokens > 0, f"max_new_tokens: must be positive, got {self.max_new_tokens}")
+        check(self.num_beams is None or self.num_beams > 0, f"num_beams: must be positive, got {self.num_beams}")
 
 
 @dataclass
@@ -114,6 +189,9 @@ class StageConfig:
 class RunConfig:
     """A whole run. ``output_dir/name`` receives its files; an existing run folder is never overwritten.
 
+    ``task`` picks the evaluation: ``vqa`` (answers), ``caption``, ``ve`` (visual entailment), ``refexp``
+    (referring expressions: boxes as text) or ``instruct`` (instruction following, optionally MME-style).
+
     Give either ``method`` (a single stage) or ``stages`` (a list run in order, ``rounds`` times).
     """
 
@@ -122,6 +200,7 @@ class RunConfig:
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    task: Literal["vqa", "caption", "ve", "refexp", "instruct"] = "vqa"
     method: MethodConfig | None = None
     stages: list[StageConfig] = field(default_factory=list)
     rounds: int = 1

@@ -1,48 +1,49 @@
 """The training loop: one readable function from config to run folder.
 
-``run(config)`` loads the model, applies the method, evaluates zero-shot, trains with AdamW under Accelerate
-(CPU, one or several GPUs via ``accelerate launch``), evaluates again and writes ``runs/<name>/``:
-``config.yaml``, ``metrics.json``, ``method.safetensors`` (method parameters only), ``log.csv``, ``report.md``.
+``run(config)`` loads the model, applies each stage's methods, evaluates zero-shot, trains with AdamW under
+Accelerate (CPU, one or several GPUs or machines via ``accelerate launch`` / ``torchrun``), evaluates every
+``train.eval_every`` steps and at the end, and writes ``runs/<name>/``: ``config.yaml``, ``metrics.json``,
+``<method>.safetensors`` (final method parameters), ``best/`` (the best evaluation's), ``checkpoint/`` (for
+``--resume``), ``log.csv``, ``tensorboard/``, ``predictions_<tag>.jsonl`` and ``report.md``.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
-import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmpt import methods, models
+from mmpt.checkpoint import (
+    TrainState,
+    load_method_weights,
+    load_optimizer_state,
+    read_state,
+    save_checkpoint,
+    save_methods,
+)
 from mmpt.config import ConfigError, to_dict
-from mmpt.data import Sample, easy_vqa_captions, load_easy_vqa, skimage_captions
-from mmpt.evaluate import accuracy, open_image, predict
+from mmpt.data import Sample
+from mmpt.data.sources import build_data
+from mmpt.evaluate import open_image
 from mmpt.models import VLMProcessor
 from mmpt.report import write_report
 from mmpt.runconfig import RunConfig, StageConfig
+from mmpt.tasks import evaluate_task, main_metric
 
-
-def build_data(config: RunConfig) -> tuple[list[Sample], list[Sample]]:
-    """(train, eval) samples for the configured dataset."""
-    d = config.data
-    if d.dataset == "easy-vqa":
-        train = load_easy_vqa("train", d.question_types, d.train_size, config.seed, d.prompt_template)
-        evals = load_easy_vqa("test", d.eval_question_types, d.eval_size, config.seed, d.prompt_template)
-        return train, evals
-    train = easy_vqa_captions("train") + (skimage_captions() if d.include_photos else [])
-    random.Random(config.seed).shuffle(train)
-    evals = easy_vqa_captions("test")
-    random.Random(config.seed).shuffle(evals)
-    return train[: d.train_size], evals[: d.eval_size]
+log = logging.getLogger("mmpt")
 
 
 class Collator:
@@ -52,9 +53,9 @@ class Collator:
         self.processor = processor
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        return self.processor(
-            [open_image(s.image) for s in samples], [s.prompt for s in samples], [s.target for s in samples]
-        )
+        contexts = [s.context for s in samples] if any(s.context for s in samples) else None
+        return self.processor([open_image(s.image) for s in samples], [s.prompt for s in samples],
+                              [s.target for s in samples], contexts)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
@@ -84,8 +85,81 @@ def unique_run_dir(config: RunConfig) -> Path:
     return path
 
 
-def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate as ``config`` says; returns the metrics also written to ``metrics.json``."""
+def fresh_file(path: Path) -> Path:
+    """``path``, or ``stem-2.ext``... when it exists (a resumed run never overwrites what it wrote before)."""
+    k, out = 1, path
+    while out.exists():
+        k += 1
+        out = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return out
+
+
+def tensorboard_writer(folder: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` for ``folder``, or None (with a warning) when tensorboard is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.warning("tensorboard is not installed: logging to log.csv only (pip install tensorboard)")
+        return None
+    return SummaryWriter(str(folder))
+
+
+@dataclass
+class Run:
+    """Everything the stages of one run share."""
+
+    config: RunConfig
+    accelerator: Accelerator
+    loaded: models.LoadedModel
+    out_dir: Path
+    eval_samples: list[Sample]
+    base_fingerprint: str
+    state: TrainState
+    progress: bool
+    applied: dict[str, methods.Method] = field(default_factory=dict)
+    tensorboard: Any = None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def evaluate(self, tag: str) -> dict[str, float]:
+        """Evaluate, write ``predictions_<tag>.jsonl``, log to TensorBoard, keep ``best/`` up to date."""
+        cfg = self.config
+        result = evaluate_task(cfg.task, self.loaded.model, self.loaded.processor, self.eval_samples, cfg.eval,
+                               self.accelerator.autocast, self.progress and self.main)
+        metric = main_metric(cfg.task, cfg.eval)
+        if metric not in result.metrics:
+            raise ConfigError(f"eval.metric: '{metric}' is not measured by task {cfg.task}; "
+                              f"choose one of {', '.join(sorted(result.metrics))}")
+        score = result.metrics[metric]
+        if self.main:
+            with open(fresh_file(self.out_dir / f"predictions_{tag}.jsonl"), "w") as f:
+                for row in result.rows:
+                    f.write(json.dumps(row, default=str) + "\n")
+            if self.tensorboard is not None:
+                for k, v in result.metrics.items():
+                    self.tensorboard.add_scalar(f"eval/{k}", v, self.state.seen)
+            better = self.state.best_score is None or score > self.state.best_score
+            if tag != "before" and self.applied and better:
+                save_methods(self.out_dir / "best", self.applied, self.base_fingerprint)
+                self.state.best_score, self.state.best_step = score, tag
+        self.accelerator.print(f"mmpt: eval {tag}: {metric} {score:.4f}")
+        return result.metrics
+
+    def checkpoint(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
+        """Save the resumable state to ``checkpoint/`` (main process; the others wait)."""
+        if self.main:
+            save_checkpoint(self.out_dir / "checkpoint", self.applied, self.base_fingerprint, optimizer, scheduler,
+                            self.state)
+        self.accelerator.wait_for_everyone()
+
+
+def run(config: RunConfig, progress: bool = True, resume: str | Path | None = None) -> dict[str, Any]:
+    """Train and evaluate as ``config`` says; returns the metrics also written to ``metrics.json``.
+
+    With ``resume`` (a run folder), continue that run from its ``checkpoint/`` in the same folder.
+    """
     stages = config.stage_list()
     precisions = {s.train.precision for s in stages}
     if len(precisions) > 1:
@@ -94,57 +168,59 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
     accelerator = Accelerator(
         mixed_precision="no" if precision == "fp32" else precision,
         gradient_accumulation_steps=stages[0].train.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(config.seed)
-    # the main process picks a fresh folder; the others learn its name (nothing is written twice)
-    chosen = [str(unique_run_dir(config)) if accelerator.is_main_process else ""]
-    if accelerator.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
+    if resume is not None:
+        out_dir = Path(resume)
+        state = read_state(out_dir / "checkpoint")
+    else:  # the main process picks a fresh folder; the others learn its name (nothing is written twice)
+        chosen = [str(unique_run_dir(config)) if accelerator.is_main_process else ""]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
 
-        broadcast_object_list(chosen)
-    out_dir = Path(chosen[0])
+            broadcast_object_list(chosen)
+        out_dir, state = Path(chosen[0]), TrainState()
     main = accelerator.is_main_process
     say = accelerator.print
-    say(f"mmpt: run folder {out_dir}")
-    if main:
+    say(f"mmpt: run folder {out_dir}" + (f" (resuming stage {state.stage + 1}, step {state.step})" if resume else ""))
+    if main and resume is None:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     model_kwargs: dict[str, Any] = {"attn_implementation": config.model.attn_implementation}
     if config.model.projector_checkpoint:
         model_kwargs["projector_checkpoint"] = config.model.projector_checkpoint
     loaded = models.load(config.model.name, **model_kwargs)
+    if not isinstance(loaded.processor, VLMProcessor):
+        raise ConfigError(f"model.name: {config.model.name} has no mmpt processor; training and evaluation "
+                          "pipelines run on models with one (mmpt models lists them)")
     loaded.model.to(accelerator.device)
-    base_fingerprint = methods.fingerprint(loaded.model)
-    train_samples, eval_samples = build_data(config)
-    say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset})")
+    train_samples, eval_samples = build_data(config.data, config.seed)
+    say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset}), "
+        f"task {config.task}")
+    ctx = Run(config, accelerator, loaded, out_dir, eval_samples, methods.fingerprint(loaded.model), state,
+              progress, tensorboard=tensorboard_writer(out_dir / "tensorboard") if main else None)
+    metrics = state.metrics
+    if config.eval.before and eval_samples and "before" not in metrics:
+        metrics["before"] = ctx.evaluate("before")
 
-    def evaluate(tag: str) -> dict[str, float]:
-        ev = config.eval
-        preds = predict(loaded.model, loaded.processor, eval_samples, ev.batch_size, ev.max_new_tokens,
-                        accelerator.autocast, progress and main)
-        if main:
-            with open(out_dir / f"predictions_{tag}.jsonl", "w") as f:
-                for s, p in zip(eval_samples, preds, strict=True):
-                    row = {"prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}
-                    f.write(json.dumps(row) + "\n")
-        return accuracy(eval_samples, preds)
-
-    metrics: dict[str, Any] = {"stages": []}
-    if config.eval.before and eval_samples:
-        metrics["before"] = evaluate("before")
-        say(f"mmpt: before training: accuracy {metrics['before']['accuracy']:.3f}")
-
-    applied: dict[str, methods.Method] = {}
+    checkpoint_dir = out_dir / "checkpoint"
     for index, stage in enumerate(stages):
+        if resume is not None and index == state.stage and state.step == 0:
+            load_method_weights(checkpoint_dir, ctx.applied)  # the methods of the stages already finished
         for method_config in stage.methods:
-            if method_config.name not in applied:
-                applied[method_config.name] = methods.apply(loaded, method_config, freeze_base=False)
-            elif method_config not in (applied[method_config.name].config, type(method_config)()):
+            if method_config.name not in ctx.applied:
+                ctx.applied[method_config.name] = methods.apply(loaded, method_config, freeze_base=False)
+            elif method_config not in (ctx.applied[method_config.name].config, type(method_config)()):
                 raise ConfigError(
                     f"stages[{index}].methods: '{method_config.name}' was applied in an earlier stage with other "
                     "settings; repeat it exactly or give only its name to keep training it"
                 )
-        active = [applied[m.name] for m in stage.methods]
+        if index < state.stage:
+            continue  # finished before the interruption; its weights come with the checkpoint below
+        if resume is not None and index == state.stage and state.step > 0:
+            load_method_weights(checkpoint_dir, ctx.applied)  # the interrupted stage's methods
+        active = [ctx.applied[m.name] for m in stage.methods]
         for p in loaded.model.parameters():
             p.requires_grad_(False)
         for method in active:
@@ -153,65 +229,80 @@ def run(config: RunConfig, progress: bool = True) -> dict[str, Any]:
         counts = methods.count_parameters(loaded, active)
         say(f"mmpt: stage {index + 1}/{len(stages)} '{stage.name}' trains {'+'.join(m.name for m in stage.methods)}: "
             f"{counts['trainable']:,} of {counts['total']:,} parameters ({counts['percent']:.4f}%)")
-        stage_metrics = train_stage(accelerator, loaded.model, loaded.processor, active, stage, train_samples,
-                                    config.seed + index, out_dir, progress)
+        stage_metrics = train_stage(ctx, index, stage, active, train_samples,
+                                    resuming=resume is not None and index == state.stage and state.step > 0)
         metrics["stages"].append({"name": stage.name, "methods": [m.name for m in stage.methods],
                                   "parameters": counts, **stage_metrics})
+        # a finished stage is a checkpoint too: a resume after it starts the next stage
+        state.stage, state.step, state.epoch, state.batches_in_epoch = index + 1, 0, 0, 0
+        ctx.checkpoint()
+    if resume is not None and state.stage >= len(stages):
+        load_method_weights(checkpoint_dir, ctx.applied)  # training had finished: evaluate its weights
     metrics["parameters"] = metrics["stages"][-1]["parameters"]
     metrics["train"] = {k: sum(s[k] for s in metrics["stages"]) for k in ("steps", "samples", "seconds")}
     metrics["train"]["final_loss"] = metrics["stages"][-1]["final_loss"]
     metrics["train"]["samples_per_s"] = metrics["train"]["samples"] / max(metrics["train"]["seconds"], 1e-9)
 
     if eval_samples:
-        metrics["after"] = evaluate("after")
-        say(f"mmpt: after training: accuracy {metrics['after']['accuracy']:.3f}")
-    if accelerator.is_main_process:
-        for name, method in applied.items():
-            methods.save(method, out_dir / f"{name}.safetensors", base_fingerprint)
+        metrics["after"] = ctx.evaluate("after")
+        metrics["best"] = {"tag": state.best_step, main_metric(config.task, config.eval): state.best_score}
+    if main:
+        for name, method in ctx.applied.items():
+            methods.save(method, out_dir / f"{name}.safetensors", ctx.base_fingerprint)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         say(write_report(out_dir, config, metrics))
+        if ctx.tensorboard is not None:
+            ctx.tensorboard.close()
+    accelerator.wait_for_everyone()
     metrics["run_dir"] = str(out_dir)
     return metrics
 
 
 def train_stage(
-    accelerator: Accelerator,
-    model: torch.nn.Module,
-    processor: VLMProcessor,
-    active: list[methods.Method],
+    ctx: Run,
+    index: int,
     stage: StageConfig,
+    active: list[methods.Method],
     samples: list[Sample],
-    seed: int,
-    out_dir: Path,
-    progress: bool,
+    resuming: bool = False,
 ) -> dict[str, float]:
     """One stage: AdamW over the active methods' parameters, warm-up then decay, logged to ``log.csv``."""
-    tc = stage.train
+    tc, accelerator, state = stage.train, ctx.accelerator, ctx.state
+    if not samples:
+        raise ConfigError("data: no training samples; give data.train (or a packaged dataset)")
     loader = DataLoader(
-        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(processor),
-        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(seed),
+        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(ctx.loaded.processor),
+        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(ctx.config.seed + index),
     )
     trainable = [p for m in active for p in m.parameters()]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
     accelerator.gradient_accumulation_steps = tc.grad_accum
-    wrapped, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    wrapped, optimizer, loader = accelerator.prepare(ctx.loaded.model, optimizer, loader)
     # sized after prepare() (which shards the loader across processes); stepped once per optimizer step
     steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
     total = min(tc.max_steps or steps_per_epoch * tc.epochs, steps_per_epoch * tc.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, int(tc.warmup_ratio * total), total))
+    if resuming:
+        load_optimizer_state(ctx.out_dir / "checkpoint", optimizer, scheduler)
 
-    bar = tqdm(total=total, desc=stage.name, unit="step", disable=not (progress and accelerator.is_main_process))
-    main = accelerator.is_main_process
-    log_path = out_dir / "log.csv" if main else Path("/dev/null")
+    main = ctx.main
+    bar = tqdm(total=total, initial=state.step, desc=stage.name, unit="step", disable=not (ctx.progress and main))
+    log_path = ctx.out_dir / "log.csv" if main else Path("/dev/null")
     new_log = main and not log_path.exists()
-    step, seen, started, running = 0, 0, time.perf_counter(), float("nan")
+    running = float("nan")
+    if not resuming:
+        state.seen, state.seconds = 0, 0.0
+    started, seen_before, seconds_before = time.perf_counter(), state.seen, state.seconds
     wrapped.train()
+
     with open(log_path, "a", newline="") as log_file:
-        log = csv.DictWriter(log_file, fieldnames=["stage", "step", "loss", "lr", "samples_per_s"])
+        writer = csv.DictWriter(log_file, fieldnames=["stage", "step", "loss", "lr", "samples_per_s"])
         if new_log:
-            log.writeheader()
-        while step < total:
-            for batch in loader:
+            writer.writeheader()
+        while state.step < total:
+            loader.set_epoch(state.epoch)
+            batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            for batch in batches:
                 with accelerator.accumulate(wrapped):
                     loss = wrapped(**batch, use_cache=False).loss
                     accelerator.backward(loss)
@@ -221,21 +312,35 @@ def train_stage(
                     if accelerator.sync_gradients:
                         scheduler.step()
                     optimizer.zero_grad()
-                seen += batch["input_ids"].shape[0] * accelerator.num_processes
+                state.batches_in_epoch += 1
+                state.seen += batch["input_ids"].shape[0] * accelerator.num_processes
                 running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
                 if not accelerator.sync_gradients:
                     continue
-                step += 1
-                rate = seen / (time.perf_counter() - started)
+                state.step += 1
+                state.seconds = seconds_before + time.perf_counter() - started
+                rate = (state.seen - seen_before) / max(time.perf_counter() - started, 1e-9)
                 lr = scheduler.get_last_lr()[0]
                 bar.set_postfix(loss=f"{running:.4f}", lr=f"{lr:.2e}", samples_s=f"{rate:.1f}")
                 bar.update(1)
-                if step % tc.log_every == 0 or step == total:
-                    log.writerow({"stage": stage.name, "step": step, "loss": running, "lr": lr, "samples_per_s": rate})
-                if step >= total:
+                if state.step % tc.log_every == 0 or state.step == total:
+                    writer.writerow({"stage": stage.name, "step": state.step, "loss": running, "lr": lr,
+                                     "samples_per_s": rate})
+                    if ctx.tensorboard is not None:
+                        ctx.tensorboard.add_scalar(f"train/{stage.name}/loss", running, state.seen)
+                        ctx.tensorboard.add_scalar(f"train/{stage.name}/lr", lr, state.seen)
+                if tc.eval_every and state.step % tc.eval_every == 0 and state.step < total and ctx.eval_samples:
+                    state.metrics.setdefault("evals", []).append(
+                        {"stage": stage.name, "step": state.step, **ctx.evaluate(f"s{index + 1}-step{state.step}")})
+                    wrapped.train()
+                if tc.save_every and state.step % tc.save_every == 0 and state.step < total:
+                    ctx.checkpoint(optimizer, scheduler)
+                if state.step >= total:
                     break
+            else:  # epoch finished
+                state.epoch, state.batches_in_epoch = state.epoch + 1, 0
     bar.close()
     wrapped.eval()
-    seconds = time.perf_counter() - started
-    return {"steps": step, "samples": seen, "seconds": round(seconds, 1), "final_loss": running,
-            "samples_per_s": seen / max(seconds, 1e-9)}
+    seconds = seconds_before + time.perf_counter() - started
+    return {"steps": state.step, "samples": state.seen, "seconds": round(seconds, 1), "final_loss": running,
+            "samples_per_s": state.seen / max(seconds, 1e-9)}

@@ -167,18 +167,60 @@ class VLMProcessor:
 
     def prompt_ids(self, prompt: str, with_image: bool = True) -> list[int]:
         """Token ids of the chat up to the assistant's turn, image placeholders expanded."""
-        messages = []
-        if self.system_prompt is not None:
-            messages.append({"role": "system", "content": self.system_prompt})
-        content = f"{IMAGE_PLACEHOLDER}\n{prompt}" if with_image else prompt
-        messages.append({"role": "user", "content": content})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids, _ = self.conversation_ids(prompt, None, (), with_image)
+        return ids
+
+    def _chat_text(self, turns: Sequence[tuple[str, str | None]], with_image: bool) -> str:
+        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        for i, (user, assistant) in enumerate(turns):
+            content = f"{IMAGE_PLACEHOLDER}\n{user}" if with_image and i == 0 else user
+            messages.append({"role": "user", "content": content})
+            if assistant is not None:
+                messages.append({"role": "assistant", "content": assistant})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _text_ids(self, text: str) -> list[int]:
         ids: list[int] = []
         for i, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
             if i > 0:
                 ids.extend([self.image_token_id] * self.num_image_tokens)
             ids.extend(self.tokenizer(piece, add_special_tokens=False)["input_ids"])
         return ids
+
+    def conversation_ids(
+        self,
+        prompt: str,
+        answer: str | None,
+        context: Sequence[tuple[str, str]] = (),
+        with_image: bool = True,
+    ) -> tuple[list[int], list[int]]:
+        """Ids and labels of a conversation: earlier ``context`` turns, then ``prompt`` (and ``answer``).
+
+        Every assistant answer (context turns and the final one) is labelled with its end-of-turn token; the
+        rest is ``-100``. The image goes into the first user turn.
+        """
+        ids: list[int] = []
+        labels: list[int] = []
+        done = ""  # the chat text covered by ids so far
+        turns: list[tuple[str, str | None]] = []
+        for user, assistant in [*context, (prompt, answer)]:
+            turns.append((user, None))
+            text = self._chat_text(turns, with_image)
+            if not text.startswith(done):
+                raise ValueError("the tokenizer's chat template does not render conversations turn by turn; "
+                                 "give one turn per sample (no context)")
+            piece = self._text_ids(text[len(done):])
+            ids += piece
+            labels += [IGNORE_INDEX] * len(piece)
+            done = text
+            if assistant is None:
+                break
+            answer_piece = self.answer_ids(assistant)
+            ids += answer_piece
+            labels += answer_piece
+            done += assistant + self.end_of_turn
+            turns[-1] = (user, assistant)
+        return ids, labels
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an assistant answer followed by the end-of-turn token."""
@@ -189,10 +231,12 @@ class VLMProcessor:
         images: Sequence[Image.Image | np.ndarray | torch.Tensor] | None,
         prompts: Sequence[str],
         answers: Sequence[str] | None = None,
+        contexts: Sequence[Sequence[tuple[str, str]]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Build a left-padded batch: ``input_ids``, ``attention_mask``, ``pixel_values`` and maybe ``labels``.
 
-        ``images`` may hold PIL images, uint8 arrays, or already-transformed (3, H, W) tensors.
+        ``images`` may hold PIL images, uint8 arrays, or already-transformed (3, H, W) tensors. ``contexts``
+        holds each sample's earlier (user, assistant) turns (multi-turn conversations).
         """
         if images is not None and len(images) != len(prompts):
             raise ValueError(f"got {len(images)} images for {len(prompts)} prompts; give one image per prompt")
@@ -200,11 +244,10 @@ class VLMProcessor:
             raise ValueError(f"got {len(answers)} answers for {len(prompts)} prompts")
         rows, label_rows = [], []
         for i, prompt in enumerate(prompts):
-            ids = self.prompt_ids(prompt, with_image=images is not None)
-            labels = [IGNORE_INDEX] * len(ids)
-            if answers is not None:
-                ans = self.answer_ids(answers[i])
-                ids, labels = ids + ans, labels + ans
+            context = contexts[i] if contexts is not None else ()
+            ids, labels = self.conversation_ids(
+                prompt, answers[i] if answers is not None else None, context, with_image=images is not None
+            )
             rows.append(ids)
             label_rows.append(labels)
         width = max(len(r) for r in rows)

@@ -1,0 +1,117 @@
+"""Resumable training state: method parameters, optimizer, scheduler, RNG and the data position.
+
+A run folder holds at most one ``checkpoint/`` (the latest; replaced atomically, so a crash while saving
+leaves the previous one intact) and one ``best/`` (method weights of the best evaluation so far).
+``mmpt train --resume RUN_DIR`` continues from ``RUN_DIR/checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from mmpt import methods
+
+
+@dataclass
+class TrainState:
+    """Where a run is: stage, optimizer step within it, epoch, batches consumed in that epoch, and the
+    metrics gathered so far (evaluations, finished stages, best score)."""
+
+    stage: int = 0
+    step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    seen: int = 0
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=lambda: {"stages": []})
+    best_score: float | None = None
+    best_step: str = ""
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def save_methods(folder: Path, applied: dict[str, methods.Method], base_fingerprint: str) -> None:
+    """Every applied method's parameters as ``folder/<name>.safetensors``, written atomically."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, method in applied.items():
+        methods.save(method, tmp / f"{name}.safetensors", base_fingerprint)
+    _replace_dir(tmp, folder)
+
+
+def save_checkpoint(
+    folder: Path,
+    applied: dict[str, methods.Method],
+    base_fingerprint: str,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    state: TrainState,
+) -> None:
+    """Write the resumable state to ``folder`` (atomically: the previous checkpoint survives a crash).
+
+    Without an optimizer (between stages, which each start a fresh one) only weights, RNG and state are kept.
+    """
+    tmp = folder.with_name(folder.name + ".tmp")
+    save_methods(tmp, applied, base_fingerprint)
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
+    _replace_dir(tmp, folder)
+
+
+def read_state(folder: Path) -> TrainState:
+    """The :class:`TrainState` of a checkpoint folder, with a clear error when there is none."""
+    path = folder / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no checkpoint to resume in {folder.parent}: {path} is missing (checkpoints are written every "
+            "train.save_every steps and at the end of each stage)"
+        )
+    return TrainState(**json.loads(path.read_text()))
+
+
+def load_method_weights(folder: Path, applied: dict[str, methods.Method]) -> None:
+    """Load ``folder/<name>.safetensors`` into each applied method of that name."""
+    for name, method in applied.items():
+        path = folder / f"{name}.safetensors"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} missing: the checkpoint does not match the run's methods")
+        device = next(method.parameters()).device
+        method.load_state_dict(load_file(str(path), device=str(device)))
+
+
+def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Restore optimizer, scheduler and RNG states saved by :func:`save_checkpoint`."""
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    rng = torch.load(folder / "rng.pt", weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,58 @@
+"""From a run's ``data`` section to (train, eval) samples: the packaged datasets or files read by a reader."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import TYPE_CHECKING, Any
+
+from mmpt.data.easyvqa import easy_vqa_captions, load_easy_vqa
+from mmpt.data.photos import skimage_captions
+from mmpt.data.readers import READERS
+from mmpt.data.sample import Sample
+
+if TYPE_CHECKING:
+    from mmpt.runconfig import DataConfig, SourceConfig
+
+log = logging.getLogger("mmpt")
+
+# SourceConfig keys each reader takes (besides on_error / limit / prompt template)
+_ARGS = {
+    "coco-karpathy": ("path", "images", "split"), "flickr30k-karpathy": ("path", "images", "split"),
+    "vqav2": ("questions", "annotations", "images"), "snli-ve": ("path", "images"),
+    "refcoco": ("refs", "instances", "images", "split"), "llava": ("path", "images"), "jsonl": ("path", "images"),
+}
+_TEMPLATE_ARG = {"coco-karpathy": "prompt", "flickr30k-karpathy": "prompt", "vqav2": "prompt_template",
+                 "snli-ve": "prompt_template", "refcoco": "prompt_template"}
+
+
+def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
+    """Samples of one :class:`~mmpt.runconfig.SourceConfig`; skipped records are counted in a warning."""
+    kwargs: dict[str, Any] = {k: getattr(source, k) or None for k in _ARGS[source.format]}
+    if source.format in _TEMPLATE_ARG and source.prompt_template:
+        kwargs[_TEMPLATE_ARG[source.format]] = source.prompt_template
+    if source.format == "jsonl" and kwargs["images"] is None:
+        kwargs["images"] = "."
+    result = READERS[source.format](**kwargs, on_error=on_error, limit=source.limit)
+    if result.skipped:
+        shown = "\n  ".join(result.problems[:3])
+        log.warning("%s: skipped %d malformed record(s) (on_error: skip), e.g.\n  %s",
+                    source.format, result.skipped, shown)
+    return result.samples
+
+
+def build_data(data: DataConfig, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, eval) samples. ``train_size`` / ``eval_size`` keep that many after a seeded shuffle."""
+    if data.dataset == "easy-vqa":
+        train = load_easy_vqa("train", data.question_types, data.train_size, seed, data.prompt_template)
+        evals = load_easy_vqa("test", data.eval_question_types, data.eval_size, seed, data.prompt_template)
+        return train, evals
+    if data.dataset == "easy-vqa-captions":
+        train = easy_vqa_captions("train") + (skimage_captions() if data.include_photos else [])
+        evals = easy_vqa_captions("test")
+    else:
+        train = read_source(data.train, data.on_error) if data.train is not None else []
+        evals = read_source(data.eval, data.on_error) if data.eval is not None else []
+    random.Random(seed).shuffle(train)
+    random.Random(seed).shuffle(evals)
+    return train[: data.train_size], evals[: data.eval_size]
