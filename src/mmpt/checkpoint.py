@@ -32,6 +32,7 @@ class TrainState:
     batches_in_epoch: int = 0
     seen: int = 0
     seconds: float = 0.0
+    running_loss: float | None = None
     metrics: dict[str, Any] = field(default_factory=lambda: {"stages": []})
     best_score: float | None = None
     best_step: str = ""

@@ -1,6 +1,10 @@
 """The ``mmpt`` command line.
 
     mmpt train CONFIG [key=value ...] [--smoke]     train + evaluate, write runs/<name>/
+    mmpt train --resume RUN_DIR                     continue an interrupted run
+    mmpt eval CONFIG [key=value ...] [--run RUN]    evaluate zero-shot or with a run's methods
+    mmpt predict IMAGE [PROMPT] [--run RUN]         caption an image / answer a question
+    mmpt report RUN [RUN ...] [--csv FILE]          metrics of several runs as one table
     mmpt pretrain-projector [key=value ...]         LLaVA stage 1 for mmpt-tiny (projector only)
     mmpt models                                     list registered models
     mmpt methods                                    list tuning methods and their knobs
@@ -26,10 +30,44 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mmpt.runconfig import load_run_config, smoke
     from mmpt.train import run
 
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config is not None or args.overrides or args.smoke:
+            raise ConfigError("--resume continues a run with its own config.yaml; give no CONFIG, overrides or --smoke")
+        config = load_run_config(run_dir / "config.yaml")
+        run(config, progress=not args.no_progress, resume=run_dir)
+        return 0
+    if args.config is None:
+        raise ConfigError("mmpt train needs a CONFIG (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
     config = load_run_config(args.config, args.overrides)
     if args.smoke:
         config = smoke(config)
     run(config, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from mmpt.inference import evaluate_config
+
+    metrics = evaluate_config(args.config, args.overrides, args.run, smoke_mode=args.smoke,
+                              progress=not args.no_progress)
+    for key, value in metrics.items():
+        print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from mmpt.inference import predict_one
+
+    print(predict_one(args.image, args.prompt, model=args.model, run_dir=args.run, task=args.task,
+                      max_new_tokens=args.max_new_tokens, num_beams=args.num_beams))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mmpt.report import collect_runs
+
+    print(collect_runs([Path(r) for r in args.runs], Path(args.csv) if args.csv else None))
     return 0
 
 
@@ -100,8 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     p = sub.add_parser("train", help="train and evaluate a method (writes runs/<name>/)")
-    run_args(p, True)
+    p.add_argument("config", nargs="?", default=None, help="YAML config, e.g. configs/quickstart.yaml")
+    run_args(p, False)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/checkpoint")
     p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("eval", help="evaluate a model (zero-shot, or with a run's trained methods)")
+    run_args(p, True)
+    p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present)")
+    p.set_defaults(func=_cmd_eval)
+    p = sub.add_parser("predict", help="caption an image or answer a question about it")
+    p.add_argument("image", help="image file")
+    p.add_argument("prompt", nargs="?", default="Describe the image briefly.", help="question or instruction")
+    p.add_argument("--model", default="mmpt-tiny", help="registered model, local folder or cached hub id")
+    p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present)")
+    p.add_argument("--task", default="vqa", choices=["vqa", "caption", "ve", "refexp", "instruct"])
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--num-beams", type=int, default=None, help="beam size (default: 5 for captions, else 1)")
+    p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("report", help="one table of the metrics of several runs")
+    p.add_argument("runs", nargs="+", help="run folders (with metrics.json)")
+    p.add_argument("--csv", help="also append the rows to this CSV file (e.g. results/runs.csv)")
+    p.set_defaults(func=_cmd_report)
     p = sub.add_parser("pretrain-projector", help="pretrain mmpt-tiny's projector on captions (LLaVA stage 1)")
     p.add_argument("--config", default=None, help="defaults to configs/pretrain_projector.yaml")
     p.add_argument("--install", action="store_true", help="make the result mmpt-tiny's shipped projector")

@@ -9,9 +9,9 @@ from mmpt.runconfig import RunConfig
 
 
 def before_after_table(metrics: dict[str, Any]) -> str:
-    """Markdown table of every accuracy metric before and after training."""
+    """Markdown table of every metric before and after training."""
     before, after = metrics.get("before", {}), metrics.get("after", {})
-    keys = [k for k in sorted(set(before) | set(after)) if k.startswith("accuracy")]
+    keys = [k for k in sorted(set(before) | set(after)) if k != "n" and isinstance(after.get(k, before.get(k)), float)]
     rows = ["| metric | before | after |", "| --- | --- | --- |"]
     for k in keys:
         b, a = before.get(k), after.get(k)
@@ -32,12 +32,42 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any]) -> s
   {metrics.get('after', metrics.get('before', {})).get('n', 0)} samples
 - training: {t['steps']} steps in {t['seconds']} s ({t['samples_per_s']:.2f} samples/s), final loss {t['final_loss']:.4f}
 
-## Accuracy (exact match after normalization)
+## Metrics (task `{config.task}`; best checkpoint: `{metrics.get('best', {}).get('tag', '')}`)
 
 {table}
 
 Files: `config.yaml` (resolved config), `metrics.json`, `<method>.safetensors` (method parameters only),
-`log.csv`, `predictions_*.jsonl`.
+`best/` (weights of the best evaluation), `checkpoint/` (for `mmpt train --resume`), `log.csv`,
+`tensorboard/`, `predictions_*.jsonl`.
 """
     (out_dir / "report.md").write_text(text)
     return table
+
+
+def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
+    """A markdown table of the final metrics of several runs; rows are appended to ``csv_path`` if given."""
+    import csv
+    import json
+
+    rows: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        path = run_dir / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished mmpt run")
+        m = json.loads(path.read_text())
+        after = m.get("after", {})
+        row: dict[str, Any] = {"run": run_dir.name, "methods": "+".join(s["name"] for s in m.get("stages", []))}
+        row["trainable"] = m.get("parameters", {}).get("trainable", "")
+        row.update({k: round(v, 4) for k, v in after.items() if isinstance(v, float) and "/" not in k})
+        rows.append(row)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    if csv_path is not None:
+        new = not csv_path.exists()
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+    return "\n".join(lines)

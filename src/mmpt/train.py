@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -38,6 +39,7 @@ from mmpt.config import ConfigError, to_dict
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
 from mmpt.evaluate import open_image
+from mmpt.inference import model_kwargs
 from mmpt.models import VLMProcessor
 from mmpt.report import write_report
 from mmpt.runconfig import RunConfig, StageConfig
@@ -92,6 +94,12 @@ def fresh_file(path: Path) -> Path:
         k += 1
         out = path.with_name(f"{path.stem}-{k}{path.suffix}")
     return out
+
+
+def has_accelerator() -> bool:
+    """Whether a GPU (CUDA/ROCm), Apple MPS or Intel XPU device is available."""
+    xpu = getattr(torch, "xpu", None)
+    return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
 
 
 def tensorboard_writer(folder: Path) -> Any:
@@ -165,7 +173,12 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     if len(precisions) > 1:
         raise ConfigError(f"train.precision: all stages must share one precision, got {sorted(precisions)}")
     precision = precisions.pop()
+    state = read_state(Path(resume) / "checkpoint") if resume is not None else TrainState()
+    # several runs in one Python process (notebooks, tests) may differ in precision: start from a fresh
+    # accelerator state; the process group of a distributed launch (PartialState) is kept
+    AcceleratorState._reset_state()
     accelerator = Accelerator(
+        cpu=not has_accelerator(),  # lets torchrun / accelerate launch start several CPU processes (gloo)
         mixed_precision="no" if precision == "fp32" else precision,
         gradient_accumulation_steps=stages[0].train.grad_accum,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -173,24 +186,20 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     set_seed(config.seed)
     if resume is not None:
         out_dir = Path(resume)
-        state = read_state(out_dir / "checkpoint")
     else:  # the main process picks a fresh folder; the others learn its name (nothing is written twice)
         chosen = [str(unique_run_dir(config)) if accelerator.is_main_process else ""]
         if accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
             broadcast_object_list(chosen)
-        out_dir, state = Path(chosen[0]), TrainState()
+        out_dir = Path(chosen[0])
     main = accelerator.is_main_process
     say = accelerator.print
     say(f"mmpt: run folder {out_dir}" + (f" (resuming stage {state.stage + 1}, step {state.step})" if resume else ""))
     if main and resume is None:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
-    model_kwargs: dict[str, Any] = {"attn_implementation": config.model.attn_implementation}
-    if config.model.projector_checkpoint:
-        model_kwargs["projector_checkpoint"] = config.model.projector_checkpoint
-    loaded = models.load(config.model.name, **model_kwargs)
+    loaded = models.load(config.model.name, **model_kwargs(config.model))
     if not isinstance(loaded.processor, VLMProcessor):
         raise ConfigError(f"model.name: {config.model.name} has no mmpt processor; training and evaluation "
                           "pipelines run on models with one (mmpt models lists them)")
@@ -289,9 +298,9 @@ def train_stage(
     bar = tqdm(total=total, initial=state.step, desc=stage.name, unit="step", disable=not (ctx.progress and main))
     log_path = ctx.out_dir / "log.csv" if main else Path("/dev/null")
     new_log = main and not log_path.exists()
-    running = float("nan")
     if not resuming:
-        state.seen, state.seconds = 0, 0.0
+        state.seen, state.seconds, state.running_loss = 0, 0.0, None
+    running = float("nan") if state.running_loss is None else state.running_loss  # smoothed loss, as logged
     started, seen_before, seconds_before = time.perf_counter(), state.seen, state.seconds
     wrapped.train()
 
@@ -318,6 +327,7 @@ def train_stage(
                 if not accelerator.sync_gradients:
                     continue
                 state.step += 1
+                state.running_loss = running
                 state.seconds = seconds_before + time.perf_counter() - started
                 rate = (state.seen - seen_before) / max(time.perf_counter() - started, 1e-9)
                 lr = scheduler.get_last_lr()[0]

@@ -24,14 +24,16 @@ from PIL import Image
 from mmpt.data.easyvqa import COLORS, SHAPES, Split, _questions, data_root, question_type
 
 TEST_ID_OFFSET = 100_000
-"""Exported image id of easy-VQA test image ``i`` is ``TEST_ID_OFFSET + i`` (train ids are kept as they are)."""
+"""Exported id of easy-VQA test image ``i``: ``TEST_ID_OFFSET + i`` (train image ``i`` keeps id ``i``)."""
 VAL_FRACTION = 0.1
 RGB = {
     "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
     "gray": (128, 128, 128), "yellow": (255, 255, 0), "teal": (0, 128, 128), "brown": (165, 42, 42),
 }  # fmt: skip
 """The fill colors easy-VQA draws with (measured on its images)."""
-CAPTIONS = ("A {color} {shape}.", "A {shape} colored {color}.", "There is a {color} {shape} on a light background.")
+CAPTIONS = (
+    "A {color} {shape}.", "A {shape} colored {color}.", "There is a {color} {shape} on a light background."
+)  # fmt: skip
 ENTAIL_COLOR = ("The shape is {color}.", "Something {color} is shown.", "The image contains a {color} shape.")
 ENTAIL_SHAPE = ("There is a {shape}.", "The image shows a {shape}.", "A {shape} is drawn.")
 NEUTRAL = (
@@ -115,7 +117,7 @@ def _select(split: Split, n: int, rng: random.Random) -> list[_Image]:
     questions: dict[int, list[tuple[str, str]]] = {}
     for q, a, i in _questions(split):
         questions.setdefault(i, []).append((q, a))
-    if not 1 <= n <= len(questions):
+    if n > len(questions):
         raise ValueError(f"easy-VQA {split} has {len(questions)} images; asked for {n}")
     colors, shapes = _facts(split)
     images = []
@@ -140,12 +142,14 @@ def _link(source: Path, target: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> Path:
+    """``data`` as compact JSON at ``path`` (folders made); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=None, separators=(",", ":")))
+    path.write_text(json.dumps(data, separators=(",", ":")))
     return path
 
 
 def _write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
+    """One JSON object per line at ``path`` (folders made); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
@@ -162,9 +166,9 @@ def _write_images(out: Path, images: list[_Image]) -> dict[str, Path]:
         if img.split != "test":
             subtype = f"{img.split}2014"
             _link(jpeg, out / "vqa" / "images" / subtype / f"COCO_{subtype}_{img.gid:012d}.jpg")
+    vqa = out / "vqa" / "images"
     return {"images": out / "images", "snli_ve_images": out / "snli_ve" / "images",
-            "vqa_train_images": out / "vqa" / "images" / "train2014",
-            "vqa_val_images": out / "vqa" / "images" / "val2014"}  # fmt: skip
+            "vqa_train_images": vqa / "train2014", "vqa_val_images": vqa / "val2014"}  # fmt: skip
 
 
 def _write_captions(out: Path, images: list[_Image]) -> dict[str, Path]:
@@ -193,11 +197,11 @@ def _write_vqa(out: Path, images: list[_Image]) -> dict[str, Path]:
             for k, (question, answer) in enumerate(img.questions):
                 qid = img.gid * 1000 + k
                 questions.append({"image_id": img.gid, "question": question, "question_id": qid})
+                ten = [{"answer": answer, "answer_confidence": "yes", "answer_id": j} for j in range(1, 11)]
                 annotations.append({
-                    "question_id": qid, "image_id": img.gid, "multiple_choice_answer": answer,
+                    "question_id": qid, "image_id": img.gid, "answers": ten, "multiple_choice_answer": answer,
                     "answer_type": "yes/no" if answer in ("yes", "no") else "other",
                     "question_type": " ".join(question.split()[:2]),
-                    "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": j + 1} for j in range(10)],
                 })  # fmt: skip
         common = {"task_type": "Open-Ended", "data_type": "mscoco", "data_subtype": subtype,
                   "info": {"description": "easy-VQA exported by mmpt"}, "license": {}}  # fmt: skip
@@ -223,11 +227,11 @@ def _write_snli_ve(out: Path, images: list[_Image], rng: random.Random) -> dict[
             ("contradiction", rng.choice(ENTAIL_SHAPE).format(shape=other_shape)),
         ] + [("neutral", t.format(color=img.color, shape=img.shape)) for t in rng.sample(NEUTRAL, 2)]
         caption_id = f"{img.gid}.jpg#0"
+        premise = CAPTIONS[0].format(color=img.color, shape=img.shape)
         for k, (label, hypothesis) in enumerate(hypotheses):
             rows["dev" if img.split == "val" else img.split].append({
-                "Flickr30K_ID": str(img.gid), "captionID": caption_id, "pairID": f"{caption_id}r{k}{label[0]}",
-                "gold_label": label, "sentence1": CAPTIONS[0].format(color=img.color, shape=img.shape),
-                "sentence2": hypothesis,
+                "Flickr30K_ID": str(img.gid), "captionID": caption_id, "sentence1": premise,
+                "sentence2": hypothesis, "gold_label": label, "pairID": f"{caption_id}r{k}{label[0]}",
             })  # fmt: skip
     return {f"snli_ve_{s}": _write_jsonl(out / "snli_ve" / f"snli_ve_{s}.jsonl", r) for s, r in rows.items()}
 
@@ -241,7 +245,9 @@ def _write_refcoco(out: Path, images: list[_Image], rng: random.Random) -> dict[
     for ref_id, img in enumerate(images):
         split = img.split if img.split != "test" else "testA" if img.gid in test_a else "testB"
         sents = [f"the {img.color} {img.shape}", f"{img.color} shape"]
-        sentences = [{"sent": s, "raw": s, "tokens": s.split(), "sent_id": 2 * ref_id + j} for j, s in enumerate(sents)]
+        sentences = [
+            {"sent": s, "raw": s, "tokens": s.split(), "sent_id": 2 * ref_id + j} for j, s in enumerate(sents)
+        ]
         refs.append({"ref_id": ref_id, "ann_id": img.gid, "image_id": img.gid, "split": split,
                      "category_id": category[img.shape], "file_name": f"{img.gid}_{img.gid}.png",
                      "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences})  # fmt: skip
@@ -253,29 +259,41 @@ def _write_refcoco(out: Path, images: list[_Image], rng: random.Random) -> dict[
     refs_path.parent.mkdir(parents=True, exist_ok=True)
     refs_path.write_bytes(pickle.dumps(refs, protocol=2))
     instances = {"images": infos, "annotations": annotations, "categories": categories}
-    return {"refcoco_refs": refs_path, "refcoco_instances": _write_json(out / "refcoco" / "instances.json", instances)}
+    instances_path = _write_json(out / "refcoco" / "instances.json", instances)
+    return {"refcoco_refs": refs_path, "refcoco_instances": instances_path}
 
 
-def _mme_pair(img: _Image, rng: random.Random) -> list[tuple[str, str, str]]:
-    """Two yes/no questions of one subtask, one "yes" and one "no" when the image has such a pair."""
-    by_task: dict[str, list[tuple[str, str]]] = {"color_existence": [], "shape_existence": []}
+def _mme_pair(img: _Image, rng: random.Random) -> list[tuple[str, str, str, str]]:
+    """``(subtask, question, answer, source)``: one "yes" and one "no" question of one subtask.
+
+    The subtask is one (in random order) for which the image has both a "yes" and a "no" easy-VQA question;
+    where neither has, a random one, and the missing question is written in easy-VQA's wording ("is there a
+    red shape?", "is there a circle in the image?").
+    """
+    tasks = rng.sample(("color_existence", "shape_existence"), 2)
+    own: dict[str, list[tuple[str, str]]] = {task: [] for task in tasks}
     for q, a in img.questions:
         if a in ("yes", "no"):
-            by_task["color_existence" if any(c in q.split() for c in COLORS) else "shape_existence"].append((q, a))
-    tasks = rng.sample(sorted(by_task), 2)
-    for task in tasks:
-        yes = [qa for qa in by_task[task] if qa[1] == "yes"]
-        no = [qa for qa in by_task[task] if qa[1] == "no"]
-        if yes and no:
-            pair = [rng.choice(yes), rng.choice(no)]
-            rng.shuffle(pair)
-            return [(task, q, a) for q, a in pair]
-    task = next((t for t in tasks if len(by_task[t]) >= 2), None)
-    return [] if task is None else [(task, q, a) for q, a in rng.sample(by_task[task], 2)]
+            names_color = any(w in COLORS for w in q.split())
+            own["color_existence" if names_color else "shape_existence"].append((q, a))
+    task = next((t for t in tasks if {a for _, a in own[t]} == {"yes", "no"}), tasks[0])
+    is_color = task == "color_existence"
+    pair = []
+    for answer in ("yes", "no"):
+        found = [qa for qa in own[task] if qa[1] == answer]
+        if found:
+            pair.append((*rng.choice(found), "easy-vqa"))
+            continue
+        true, pool = (img.color, COLORS) if is_color else (img.shape, SHAPES)
+        word = true if answer == "yes" else rng.choice([w for w in pool if w != true])
+        question = f"is there a {word} shape?" if is_color else f"is there a {word} in the image?"
+        pair.append((question, answer, "template"))
+    rng.shuffle(pair)
+    return [(task, *qas) for qas in pair]
 
 
-def _write_llava_mme(out: Path, images: list[_Image], rng: random.Random) -> dict[str, Path]:
-    """LLaVA conversations (2-3 color/shape turns) on train images; yes/no pairs on test images for MME."""
+def _write_llava(out: Path, images: list[_Image], rng: random.Random) -> dict[str, Path]:
+    """LLaVA conversations of 2-3 color/shape questions per train image (1 where an image has one)."""
     records = []
     for img in (i for i in images if i.split == "train"):
         turns = [qa for qa in img.questions if qa[1] not in ("yes", "no")]
@@ -286,15 +304,21 @@ def _write_llava_mme(out: Path, images: list[_Image], rng: random.Random) -> dic
             conversation = []
             for k, (q, a) in enumerate(turns[start : start + size]):
                 marker = "<image>\n" if k == 0 else ""
-                conversation += [{"from": "human", "value": f"{marker}{q}\n{SHORT_ANSWER}"}, {"from": "gpt", "value": a}]
+                human = f"{marker}{q}\n{SHORT_ANSWER}"
+                conversation += [{"from": "human", "value": human}, {"from": "gpt", "value": a}]
             records.append({"id": f"{img.gid}-{start}", "image": img.name, "conversations": conversation})
             start += size
-    mme = [
-        {"image": img.name, "prompt": f"{q} {MME_SUFFIX}", "target": a, "kind": task, "id": f"{img.gid}-{k}"}
-        for img in images if img.split == "test" for k, (task, q, a) in enumerate(_mme_pair(img, rng))
+    return {"llava": _write_json(out / "llava" / "llava_easyvqa.json", records)}
+
+
+def _write_mme(out: Path, images: list[_Image], rng: random.Random) -> dict[str, Path]:
+    """The held-out yes/no task, MME-style: a yes/no pair per test image, generic JSONL."""
+    records = [
+        {"image": img.name, "prompt": f"{q} {MME_SUFFIX}", "target": a, "kind": task, "id": f"{img.gid}-{k}",
+         "source": source}
+        for img in images if img.split == "test" for k, (task, q, a, source) in enumerate(_mme_pair(img, rng))
     ]  # fmt: skip
-    return {"llava": _write_json(out / "llava" / "llava_easyvqa.json", records),
-            "mme": _write_jsonl(out / "llava" / "mme_easyvqa.jsonl", mme)}  # fmt: skip
+    return {"mme": _write_jsonl(out / "llava" / "mme_easyvqa.jsonl", records)}
 
 
 def _write_generic(out: Path, images: list[_Image]) -> dict[str, Path]:
@@ -313,42 +337,56 @@ README = """# easy-VQA in the real dataset formats
 Written by `mmpt.data.export.export_easy_vqa` (seed {seed}): {n_train} train, {n_val} val (carved from
 easy-VQA's train split, {val_pct}%) and {n_test} test images of easy-VQA (64x64 PNG, one colored shape on a
 light, slightly tinted background). **Synthetic data**: for exercising pipelines, not for benchmark numbers.
-Image ids: easy-VQA train image `i` keeps id `i`; test image `i` has id `{offset} + i`.
+Image ids: easy-VQA train image `i` keeps id `i`; test image `i` has id `{offset} + i`. Every format uses the
+same train / val / test images, so no image is trained on in one format and evaluated on in another.
 
-| path | format (reader) | what |
-| --- | --- | --- |
-| `images/{{train,test}}/<i>.png` | | the images (hard links to the installed package when possible: do not edit them in place) |
-| `captions/dataset_easyvqa.json` | `flickr30k-karpathy` (images: `images/`) | 3 captions per image from its color and shape, splits train/val/test |
-| `vqa/v2_OpenEnded_mscoco_{{train,val}}2014_questions.json`, `vqa/v2_mscoco_{{train,val}}2014_annotations.json` | `vqav2` (images: `vqa/images/{{train,val}}2014`) | every easy-VQA question of the train / val images |
-| `snli_ve/snli_ve_{{train,dev,test}}.jsonl` | `snli-ve` (images: `snli_ve/images`) | 6 hypotheses per image, 2 per label |
-| `refcoco/refs(unc).p`, `refcoco/instances.json` | `refcoco` (images: `images/`) | one ref per image, splits train/val/testA/testB |
-| `llava/llava_easyvqa.json` | `llava` (images: `images/`) | color/shape questions of the train images as 1-3 turn conversations |
-| `llava/mme_easyvqa.jsonl` | `jsonl` (images: `images/`) | held-out yes/no questions of the test images, MME-style |
-| `jsonl/{{train,val,test}}.jsonl` | `jsonl` (images: `images/`) | every question of each split's images |
+Files, with the mmpt reader (`format:`) and the `images` folder to give it:
+
+* `images/{{train,test}}/<i>.png`: the images (hard links to the installed easy-vqa package where possible:
+  do not edit them in place).
+* `captions/dataset_easyvqa.json` (`flickr30k-karpathy`, images `images/`): Karpathy split file, 3 captions
+  per image, splits train / val / test.
+* `vqa/v2_OpenEnded_mscoco_{{train,val}}2014_questions.json`,
+  `vqa/v2_mscoco_{{train,val}}2014_annotations.json` (`vqav2`, images `vqa/images/train2014`,
+  `vqa/images/val2014`): every question of the train / val images.
+* `snli_ve/snli_ve_{{train,dev,test}}.jsonl` (`snli-ve`, images `snli_ve/images`, JPEG quality 95 as the
+  reader wants `<id>.jpg`): 6 hypotheses per image, 2 per label; dev = the val images.
+* `refcoco/refs(unc).p`, `refcoco/instances.json` (`refcoco`, images `images/`): one ref per image, splits
+  train / val / testA / testB.
+* `llava/llava_easyvqa.json` (`llava`, images `images/`): the color and shape questions of the train images
+  as conversations of 2-3 turns (1 where an image has one such question).
+* `llava/mme_easyvqa.jsonl` (`jsonl`, images `images/`): held-out yes/no task on test images, MME-style.
+* `jsonl/{{train,val,test}}.jsonl` (`jsonl`, images `images/`): every question of each split's images, `kind`
+  = the easy-VQA question type (color / shape / yes_no).
 
 How it was derived, and the caveats:
 
-* **Color and shape** of each image come from the questions that state them (e.g. "what color is the circle?"
-  -> blue, circle); where the questions do not, from the pixels (the named color nearest the fill; the shape
-  from how much of its box it fills).
+* **Color and shape** of each image come from the questions that state them (e.g. "what color is the
+  circle?" -> blue, circle); where none does, from the pixels (the named color nearest the fill; the shape
+  from how much of its box it fills). The two agree on every easy-VQA image where both are known.
 * **Boxes** (RefCOCO): the tight box of the pixels that differ from the background (the commonest color) by
   more than half the shape's contrast; antialiased edge pixels less than half covered are outside.
 * **VQAv2**: easy-VQA has one answer per question, so all 10 answers equal it (VQA accuracy is then exact
-  match). `answer_type` is `yes/no` or `other`; `question_type` is the question's first two words. The VQA
-  JPEGs (quality 95) are hard links of the SNLI-VE ones under the official `COCO_<subset>_<id:012d>.jpg` names.
-* **SNLI-VE**: premises are the first caption; hypotheses come from templates: entailment states the true color
-  or shape, contradiction a false color or shape, neutral something the image cannot tell ("The circle is made
-  of wood.", "The circle was drawn by a child."). These neutral choices are ours, by template, not annotated.
-* **RefCOCO**: sentences "the <color> <shape>" and "<color> shape"; testA/testB are a seeded half of the test
-  images each (not people / objects as in RefCOCO). Categories are the 3 shapes.
-* **LLaVA**: turns carry LLaVA-1.5's suffix "{short}"; the yes/no question type is held out of this file.
-* **MME**: per test image exactly 2 questions of one subtask (`color_existence` if the question names a color,
-  else `shape_existence`), one "yes" and one "no" where the image has such a pair; prompts end with MME's
-  "{mme}". Score with MME acc / acc+ (grouped by subtask and image).
+  match). `answer_type` is `yes/no` or `other`; `question_type` is the question's first two words. The
+  JPEGs (quality 95) are hard links of the SNLI-VE ones, under the official `COCO_<subset>_<id:012d>.jpg`
+  names.
+* **SNLI-VE**: the premise is the first caption; hypotheses come from templates: entailment states the true
+  color or shape, contradiction a false color or shape, neutral something the image cannot tell ("The circle
+  is made of wood.", "The circle was drawn by a child."). These neutral statements are our choice, by
+  template, not annotated.
+* **RefCOCO**: sentences "the <color> <shape>" and "<color> shape"; testA and testB are a seeded half of the
+  test images each (not people / other objects as in RefCOCO). Categories are the 3 shapes.
+* **LLaVA**: human turns end with LLaVA-1.5's "{short}"; yes/no questions are held out of this file.
+* **MME**: per test image exactly 2 questions of one subtask (`color_existence` if the question names a
+  color, else `shape_existence`; one for which the image has a "yes" and a "no" question, picked at random
+  if both do), one "yes" and one "no": the image's own easy-VQA questions where it has them, else written
+  in easy-VQA's wording ("is there a red shape?"; those records have `"source": "template"`, the others
+  `"easy-vqa"`). Prompts end with MME's suffix "{mme}" Score with MME acc / acc+ (per subtask, image).
 """
 
 
 def _write_readme(out: Path, images: list[_Image], seed: int) -> dict[str, Path]:
+    """``README.md``: what each file is and how it was derived."""
     count = {s: sum(i.split == s for i in images) for s in ("train", "val", "test")}
     text = README.format(seed=seed, n_train=count["train"], n_val=count["val"], n_test=count["test"],
                          val_pct=round(VAL_FRACTION * 100), offset=TEST_ID_OFFSET, short=SHORT_ANSWER,
@@ -358,6 +396,7 @@ def _write_readme(out: Path, images: list[_Image], seed: int) -> dict[str, Path]
 
 
 def _refuse_nonempty(out: Path) -> None:
+    """FileExistsError unless ``out`` is missing or an empty folder."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out} exists and is not an empty folder; export into a new or empty folder")
 
@@ -369,8 +408,8 @@ def export_easy_vqa(
 
     Args:
         out_dir: a new or empty folder (anything else is refused: user files are never overwritten).
-        train_images: easy-VQA train images to use (default 600, at most 4,000); ~10% become the val split.
-        test_images: easy-VQA test images to use (default 200, at most 1,000).
+        train_images: easy-VQA train images to use (default 600; 2 to 4,000); ~10% become the val split.
+        test_images: easy-VQA test images to use (default 200; 2 to 1,000).
         seed: picks the images, the val split, hypotheses, testA/testB and question pairs (deterministic).
 
     Returns:
@@ -382,8 +421,8 @@ def export_easy_vqa(
     _refuse_nonempty(out)
     n_train = 600 if train_images is None else train_images
     n_test = 200 if test_images is None else test_images
-    if n_train < 2:
-        raise ValueError(f"train_images should be at least 2 (train and val splits), got {n_train}")
+    if n_train < 2 or n_test < 2:
+        raise ValueError(f"need 2+ train and 2+ test images (every split non-empty); got {n_train}, {n_test}")
     train = _select("train", n_train, random.Random(f"{seed}-train"))
     test = _select("test", n_test, random.Random(f"{seed}-test"))
     n_val = max(1, round(VAL_FRACTION * n_train))
@@ -400,7 +439,8 @@ def export_easy_vqa(
             **_write_vqa(tmp, images),
             **_write_snli_ve(tmp, images, random.Random(f"{seed}-snli")),
             **_write_refcoco(tmp, images, random.Random(f"{seed}-refcoco")),
-            **_write_llava_mme(tmp, images, random.Random(f"{seed}-llava")),
+            **_write_llava(tmp, images, random.Random(f"{seed}-llava")),
+            **_write_mme(tmp, images, random.Random(f"{seed}-mme")),
             **_write_generic(tmp, images),
             **_write_readme(tmp, images, seed),
         }

@@ -1,0 +1,101 @@
+"""Using trained runs: evaluate a config (``mmpt eval``) and answer one question (``mmpt predict``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mmpt import methods, models
+from mmpt.config import ConfigError
+from mmpt.data import Sample
+from mmpt.data.sources import build_data
+from mmpt.evaluate import predict, rank_candidates
+from mmpt.runconfig import EvalConfig, ModelConfig, load_run_config, smoke
+from mmpt.tasks import candidates_of, evaluate_task
+
+
+def run_methods(run_dir: str | Path) -> list[Path]:
+    """The method files of a run, in the order its stages applied them (``best/`` when the run kept one)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{run_dir} is not an mmpt run folder (no config.yaml)")
+    config = load_run_config(run_dir / "config.yaml")
+    names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
+    folder = run_dir / "best" if (run_dir / "best").is_dir() else run_dir
+    missing = [n for n in names if not (folder / f"{n}.safetensors").is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {', '.join(n + '.safetensors' for n in missing)}: the run did not "
+                                "finish (resume it with mmpt train --resume)")
+    return [folder / f"{n}.safetensors" for n in names]
+
+
+def model_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments for :func:`mmpt.models.load` from a config's ``model`` section."""
+    kwargs: dict[str, Any] = {"attn_implementation": model.attn_implementation}
+    if model.projector_checkpoint:
+        kwargs["projector_checkpoint"] = model.projector_checkpoint
+    return kwargs
+
+
+def load_with_run(model: str, run_dir: str | Path | None, **kwargs: Any) -> models.LoadedModel:
+    """Load ``model`` and apply the methods trained in ``run_dir`` (checked against the base fingerprint)."""
+    loaded = models.load(model, **kwargs)
+    if run_dir is not None:
+        for path in run_methods(run_dir):
+            methods.load(loaded, path)
+    loaded.model.eval()
+    return loaded
+
+
+def evaluate_config(
+    config_path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    run_dir: str | Path | None = None,
+    smoke_mode: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the config's model (with ``run_dir``'s methods) on its eval data; writes a fresh
+    ``<output_dir>/<name>-eval`` folder with ``metrics.json`` and ``predictions.jsonl``."""
+    config = load_run_config(config_path, overrides)
+    if smoke_mode:
+        config = smoke(config)
+    loaded = load_with_run(config.model.name, run_dir, **model_kwargs(config.model))
+    _, samples = build_data(config.data, config.seed)
+    if not samples:
+        raise ConfigError("data: no evaluation samples (give data.eval, or eval_size > 0)")
+    result = evaluate_task(config.task, loaded.model, loaded.processor, samples, config.eval, progress=progress)
+    from mmpt.train import unique_run_dir
+
+    out = unique_run_dir(replace(config, name=f"{config.name}-eval"))
+    (out / "metrics.json").write_text(json.dumps({"run": str(run_dir or ""), **result.metrics}, indent=2))
+    with open(out / "predictions.jsonl", "w") as f:
+        for row in result.rows:
+            f.write(json.dumps(row, default=str) + "\n")
+    return {"folder": str(out), **result.metrics}
+
+
+def predict_one(
+    image: str | Path,
+    prompt: str,
+    model: str = "mmpt-tiny",
+    run_dir: str | Path | None = None,
+    task: str = "vqa",
+    max_new_tokens: int = 32,
+    num_beams: int | None = None,
+) -> str:
+    """The model's answer (or caption, box, label) for one image and prompt."""
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"image {image} not found")
+    kwargs: dict[str, Any] = {}
+    if run_dir is not None:  # the run's own base model
+        model_config = load_run_config(Path(run_dir) / "config.yaml").model
+        model, kwargs = model_config.name, model_kwargs(model_config)
+    loaded = load_with_run(model, run_dir, **kwargs)
+    sample = Sample(Path(image), prompt, "")
+    candidates = candidates_of(EvalConfig(), task)
+    if candidates is not None:
+        return rank_candidates(loaded.model, loaded.processor, [sample], candidates, progress=False)[0]
+    beams = num_beams or (5 if task == "caption" else 1)
+    return predict(loaded.model, loaded.processor, [sample], 1, max_new_tokens, progress=False, num_beams=beams)[0]
