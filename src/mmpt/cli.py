@@ -5,6 +5,7 @@
     mmpt eval CONFIG [key=value ...] [--run RUN]    evaluate zero-shot or with a run's methods
     mmpt predict IMAGE [PROMPT] [--run RUN]         caption an image / answer a question
     mmpt report RUN [RUN ...] [--csv FILE]          metrics of several runs as one table
+    mmpt export-easy-vqa [OUT]                      easy-VQA in every supported data format
     mmpt pretrain-projector [key=value ...]         LLaVA stage 1 for mmpt-tiny (projector only)
     mmpt models                                     list registered models
     mmpt methods                                    list tuning methods and their knobs
@@ -100,6 +101,14 @@ def _cmd_pretrain_projector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mmpt.data.export import export_easy_vqa
+
+    files = export_easy_vqa(args.out, args.train_images, args.test_images, args.seed)
+    print(f"mmpt: wrote easy-VQA in every reader's format under {args.out} (see {files['readme']})")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from mmpt.models import list_models
 
@@ -164,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install", action="store_true", help="make the result mmpt-tiny's shipped projector")
     run_args(p, False)
     p.set_defaults(func=_cmd_pretrain_projector)
+    p = sub.add_parser("export-easy-vqa", help="write easy-VQA as COCO/VQAv2/SNLI-VE/RefCOCO/LLaVA/JSONL files")
+    p.add_argument("out", nargs="?", default="data/easyvqa", help="output folder (must not exist or be empty)")
+    p.add_argument("--train-images", type=int, default=None, help="easy-VQA train images to use (default 600)")
+    p.add_argument("--test-images", type=int, default=None, help="easy-VQA test images to use (default 200)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_export)
     sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
     sub.add_parser("methods", help="list tuning methods and their knobs").set_defaults(func=_cmd_methods)
     return parser
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mmpt: config error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"mmpt: error: {exc}", file=sys.stderr)
         return 2
 

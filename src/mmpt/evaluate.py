@@ -72,6 +72,9 @@ def predict(
                 pad_token_id=processor.pad_token_id,
                 eos_token_id=processor.tokenizer.eos_token_id,
             )
+        prompt = batch["input_ids"]
+        if ids.shape[1] > prompt.shape[1] and torch.equal(ids[:, : prompt.shape[1]], prompt):
+            ids = ids[:, prompt.shape[1] :]  # HF decoder-only models return prompt + continuation
         out.extend(processor.decode(ids))
         bar.update(len(chunk))
     bar.close()

@@ -184,6 +184,7 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(config.seed)
+    train_samples, eval_samples = build_data(config.data, config.seed)  # bad data fails before any folder exists
     if resume is not None:
         out_dir = Path(resume)
     else:  # the main process picks a fresh folder; the others learn its name (nothing is written twice)
@@ -204,7 +205,6 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         raise ConfigError(f"model.name: {config.model.name} has no mmpt processor; training and evaluation "
                           "pipelines run on models with one (mmpt models lists them)")
     loaded.model.to(accelerator.device)
-    train_samples, eval_samples = build_data(config.data, config.seed)
     say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset}), "
         f"task {config.task}")
     ctx = Run(config, accelerator, loaded, out_dir, eval_samples, methods.fingerprint(loaded.model), state,
