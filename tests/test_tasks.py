@@ -88,3 +88,26 @@ def test_bad_data_paths_fail_clearly(tmp_path, capsys):
 def test_every_config_loads(path):
     config = load_run_config(ROOT / "configs" / path)
     assert config.stage_list() and smoke(config).stage_list()
+
+
+def test_vqa_classification_head(tmp_path):
+    """VQA as classification: prefix + answer_head trained with cross-entropy over the answer list."""
+    answers = ["yes", "no", "red", "green", "blue", "black", "gray", "yellow", "teal", "brown", "circle",
+               "rectangle", "triangle"]
+    overrides = [*TINY, f"output_dir={tmp_path}", "train.objective=classify", "train.lr=0.05", "train.epochs=15",
+                 "train.schedule=constant", "data.train_size=4", "data.eval_size=8", "train.log_every=1",
+                 "stages=[{name: cls, methods: [{name: prefix, length: 2}, "
+                 f"{{name: answer_head, answers: [{', '.join(answers)}]}}]}}]"]
+    metrics = run(load_run_config(None, overrides), progress=False)
+    run_dir = Path(metrics["run_dir"])
+    rows = [json.loads(line) for line in (run_dir / "predictions_after.jsonl").read_text().splitlines()]
+    assert rows and all(r["prediction"] in answers for r in rows)
+    assert (run_dir / "answer_head.safetensors").is_file()
+    losses = [float(line.split(",")[2]) for line in (run_dir / "log.csv").read_text().splitlines()[1:]]
+    assert losses[-1] < 0.7 * losses[0]  # it fits 4 training answers: the (smoothed) cross-entropy goes down
+
+
+def test_classify_objective_needs_a_head(tmp_path, capsys):
+    assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", *TINY, f"output_dir={tmp_path}",
+                 "train.objective=classify"]) == 2
+    assert "add {name: answer_head" in capsys.readouterr().err

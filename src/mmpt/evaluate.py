@@ -123,6 +123,35 @@ def rank_candidates(
     return out
 
 
+@torch.no_grad()
+def classify(
+    model: nn.Module,
+    processor: VLMProcessor,
+    samples: Sequence[Sample],
+    head: Any,
+    batch_size: int = 16,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    progress: bool = True,
+) -> list[str]:
+    """The ``answer_head`` method's answer (argmax over its answer list) for each sample."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str] = []
+    bar = tqdm(total=len(samples), desc="classify", unit="sample", disable=not progress, leave=False)
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in _batch(processor, chunk).items()}
+        with autocast():
+            model(**batch, use_cache=False)
+            logits = head.logits()
+        out.extend(head.answers[i] for i in logits.argmax(-1).tolist())
+        bar.update(len(chunk))
+    bar.close()
+    model.train(was_training)
+    return out
+
+
 def accuracy(samples: Sequence[Sample], predictions: Sequence[str]) -> dict[str, float]:
     """Exact-match accuracy after :func:`normalize`, overall and per sample kind (``accuracy/color`` ...)."""
     if not samples:

@@ -103,7 +103,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimization. The schedule warms up linearly for ``warmup_ratio`` of the steps, then decays."""
+    """Optimization. The schedule warms up linearly for ``warmup_ratio`` of the steps, then decays.
+
+    ``objective``: ``lm`` (cross-entropy on the answer tokens), ``classify`` (cross-entropy of an
+    ``answer_head`` method over its answer list), or ``scst`` (self-critical training with a CIDEr-D reward,
+    captioning; usually a second stage after ``lm``).
+    """
 
     epochs: int = 1
     max_steps: int | None = None
@@ -116,6 +121,7 @@ class TrainConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float | None = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    objective: Literal["lm", "classify", "scst"] = "lm"
     num_workers: int = 0
     log_every: int = 10
     eval_every: int | None = None

@@ -3,7 +3,8 @@
 ==========  =================================================  =======================================
 task        predictions                                        metrics (``metrics.json`` keys)
 ==========  =================================================  =======================================
-vqa         generation, or ranking ``eval.candidates``         ``accuracy`` (exact match, per kind);
+vqa         generation, ranking ``eval.candidates``, or the   ``accuracy`` (exact match, per kind);
+            ``answer_head`` method's class (classification)
                                                                ``vqa_accuracy`` (official VQAv2) when
                                                                samples carry several answers
 caption     beam search (``eval.num_beams``, default 5)        ``bleu1..4``, ``meteor``, ``rouge_l``,
@@ -28,7 +29,8 @@ from PIL import Image
 from torch import nn
 
 from mmpt.data import Sample, text_to_box
-from mmpt.evaluate import accuracy, predict, rank_candidates
+from mmpt.evaluate import accuracy, classify, predict, rank_candidates
+from mmpt.methods import ATTACH_PREFIX
 from mmpt.metrics import caption_scores, grounding_scores, mme_scores, vqa_scores
 from mmpt.runconfig import EvalConfig
 
@@ -104,7 +106,10 @@ def evaluate_task(
 ) -> Evaluation:
     """Predict ``samples`` as ``task`` and ``config`` say, and score the predictions."""
     candidates = candidates_of(config, task)
-    if candidates is not None:
+    head = getattr(model, f"{ATTACH_PREFIX}answer_head", None)
+    if head is not None:  # VQA as classification over the head's answer list
+        predictions = classify(model, processor, samples, head, config.batch_size, autocast, progress)
+    elif candidates is not None:
         predictions = rank_candidates(model, processor, samples, candidates, config.batch_size, autocast, progress)
     else:
         beams = config.num_beams or (5 if task == "caption" else 1)

@@ -49,15 +49,32 @@ log = logging.getLogger("mmpt")
 
 
 class Collator:
-    """Opens images and calls the processor: a list of samples -> a training batch."""
+    """Opens images and calls the processor: a list of samples -> a training batch.
 
-    def __init__(self, processor: VLMProcessor) -> None:
+    With ``classes`` (objective ``classify``) the batch holds the prompts only, plus ``class_labels``.
+    """
+
+    def __init__(self, processor: VLMProcessor, classes: Any = None) -> None:
         self.processor = processor
+        self.classes = classes
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         contexts = [s.context for s in samples] if any(s.context for s in samples) else None
-        return self.processor([open_image(s.image) for s in samples], [s.prompt for s in samples],
-                              [s.target for s in samples], contexts)
+        answers = None if self.classes is not None else [s.target for s in samples]
+        batch = self.processor([open_image(s.image) for s in samples], [s.prompt for s in samples], answers, contexts)
+        if self.classes is not None:
+            batch["class_labels"] = torch.tensor([self.classes.get(s.target, -100) for s in samples])
+        return batch
+
+
+def training_loss(ctx: Run, wrapped: torch.nn.Module, batch: dict[str, torch.Tensor], objective: str) -> torch.Tensor:
+    """The loss of one batch under the stage's objective."""
+    if objective == "classify":
+        labels = batch.pop("class_labels")
+        wrapped(**batch, use_cache=False)
+        logits = ctx.applied["answer_head"].logits()  # type: ignore[attr-defined]
+        return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
+    return wrapped(**batch, use_cache=False).loss
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
@@ -279,8 +296,18 @@ def train_stage(
     tc, accelerator, state = stage.train, ctx.accelerator, ctx.state
     if not samples:
         raise ConfigError("data: no training samples; give data.train (or a packaged dataset)")
+    classes = None
+    if tc.objective == "classify":
+        if "answer_head" not in ctx.applied:
+            raise ConfigError("train.objective: 'classify' trains an answer_head method; add {name: answer_head, "
+                              "answers: [...]} to the stage's methods")
+        classes = ctx.applied["answer_head"].index  # type: ignore[attr-defined]
+        outside = sum(s.target not in classes for s in samples)
+        if outside:
+            log.warning("answer_head: %d of %d training answers are not in its answer list (ignored by the loss)",
+                        outside, len(samples))
     loader = DataLoader(
-        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(ctx.loaded.processor),
+        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(ctx.loaded.processor, classes),
         num_workers=tc.num_workers, generator=torch.Generator().manual_seed(ctx.config.seed + index),
     )
     trainable = [p for m in active for p in m.parameters()]
@@ -313,7 +340,7 @@ def train_stage(
             batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
             for batch in batches:
                 with accelerator.accumulate(wrapped):
-                    loss = wrapped(**batch, use_cache=False).loss
+                    loss = training_loss(ctx, wrapped, batch, tc.objective)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and tc.grad_clip:
                         accelerator.clip_grad_norm_(trainable, tc.grad_clip)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from mmpt.config import from_dict, to_dict
 from mmpt.methods import (  # noqa: F401 - registration
     adapter,
+    answer_head,
     deep_prompt,
     lora,
     m2pt,
@@ -27,6 +28,7 @@ from mmpt.methods import (  # noqa: F401 - registration
     visual_prompt,
 )
 from mmpt.methods.adapter import AdapterConfig
+from mmpt.methods.answer_head import AnswerHeadConfig
 from mmpt.methods.base import Method, MethodConfig, MethodEntry, get_method, list_methods, register_method
 from mmpt.methods.deep_prompt import DeepPromptConfig
 from mmpt.methods.lora import LoRAConfig
@@ -122,7 +124,7 @@ def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True)
 
 
 __all__ = [
-    "AdapterConfig", "BitFitConfig", "DeepPromptConfig", "FullConfig", "HeadConfig", "LoRAConfig", "M2PTConfig",
+    "AdapterConfig", "AnswerHeadConfig", "BitFitConfig", "DeepPromptConfig", "FullConfig", "HeadConfig", "LoRAConfig", "M2PTConfig",
     "Method", "MethodConfig", "MethodEntry", "PrefixConfig", "ProjectorConfig", "PromptConfig", "apply", "count_parameters",
     "VisualPromptConfig", "fingerprint", "get_method", "list_methods", "load", "register_method", "save",
 ]

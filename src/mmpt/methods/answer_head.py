@@ -1,0 +1,114 @@
+"""``answer_head``: VQA as classification — a linear layer over a fixed answer list on pooled hidden states.
+
+The classification-head variant of VQA for encoder-style use (as in VQAv2 classifiers over the 3,129 most frequent
+answers): the tower's final hidden states are pooled (the last real token, which under left padding is the last
+position, or the mean over real tokens) and mapped to one logit per answer. With ``train.objective: classify``
+the run trains it with cross-entropy (together with any other method of the stage, e.g. a prefix); evaluation
+then predicts ``answers[argmax]`` instead of generating.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch import nn
+
+from mmpt.config import check
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.methods.blocks import CallArguments
+from mmpt.models.family import get_submodule
+
+if TYPE_CHECKING:
+    from mmpt.models import LoadedModel
+
+
+def answer_list(answers: list[str] | str) -> list[str]:
+    """The answers: a list as given, or the lines of a text file (one answer per line)."""
+    if isinstance(answers, list):
+        return answers
+    path = Path(answers)
+    if not path.is_file():
+        raise FileNotFoundError(f"answer_head.answers: answer list {path} not found (one answer per line)")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@dataclass
+class AnswerHeadConfig(MethodConfig):
+    """Classification head over a fixed answer list.
+
+    Attributes:
+        answers: the answer vocabulary: a list, or a text file with one answer per line.
+        tower: the tower whose final hidden states are pooled (``lm`` or an encoder).
+        pooling: ``last`` (the last real token) or ``mean`` (over real tokens).
+    """
+
+    name: str = "answer_head"
+    answers: list[str] | str = field(default_factory=list)
+    tower: str = "lm"
+    pooling: Literal["last", "mean"] = "last"
+
+    def validate(self) -> None:
+        check(bool(self.answers), "answers: give the answer list (e.g. [yes, no, red]) or a file of answers")
+        if isinstance(self.answers, list):
+            check(len(set(self.answers)) == len(self.answers), "answers: each answer once")
+
+
+class AnswerHeadMethod(nn.Module):
+    """Pools the tower's output on every forward; :meth:`logits` maps the last pooled batch to answer logits."""
+
+    def __init__(self, loaded: LoadedModel, config: AnswerHeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.answers = answer_list(config.answers)
+        tower = loaded.family.tower(config.tower)
+        if not tower.backbone:
+            raise ValueError(f"answer_head needs a tower with a backbone module; '{config.tower}' has none")
+        backbone = get_submodule(loaded.model, tower.backbone)
+        width = backbone.get_input_embeddings().weight.shape[1]
+        device = next(backbone.parameters()).device
+        self.head = nn.Linear(width, len(self.answers), device=device)
+        nn.init.zeros_(self.head.bias)
+        nn.init.normal_(self.head.weight, std=0.02)
+        self.index = {a: i for i, a in enumerate(self.answers)}
+        self._mask: torch.Tensor | None = None
+        self._pooled: torch.Tensor | None = None
+        self._handles = [
+            backbone.register_forward_pre_hook(self._remember_mask, with_kwargs=True),
+            backbone.register_forward_hook(self._pool),
+        ]
+
+    def _remember_mask(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        mask = CallArguments(module, args, kwargs).get("attention_mask")
+        self._mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+    def _pool(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        if self.config.pooling == "last" or self._mask is None or self._mask.shape[1] != hidden.shape[1]:
+            self._pooled = hidden[:, -1]  # batches are left-padded: the last position is the last real token
+        else:
+            weights = self._mask.to(hidden.dtype).unsqueeze(-1)
+            self._pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    def logits(self) -> torch.Tensor:
+        """Answer logits for the batch of the latest forward pass."""
+        if self._pooled is None:
+            raise RuntimeError("answer_head: run the model forward first")
+        return self.head(self._pooled.to(self.head.weight.dtype))
+
+    def targets(self, answers: list[str]) -> torch.Tensor:
+        """Class indices of ``answers`` (-100 for answers outside the list: ignored by the loss)."""
+        return torch.tensor([self.index.get(a, -100) for a in answers], device=self.head.weight.device)
+
+    def remove(self) -> None:
+        """Remove the hooks (and the head from the model)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        detach_from_model(self)
+
+
+register_method(MethodEntry("answer_head", AnswerHeadConfig, AnswerHeadMethod,
+                            "VQA as classification: a linear head over a fixed answer list"))
