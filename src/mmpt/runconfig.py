@@ -103,7 +103,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimization. The schedule warms up linearly for ``warmup_ratio`` of the steps, then decays.
+    """Optimization. The schedule warms up linearly for ``warmup_steps`` (or ``warmup_ratio`` of the steps), then
+    decays.
 
     ``objective``: ``lm`` (cross-entropy on the answer tokens), ``classify`` (cross-entropy of an
     ``answer_head`` method over its answer list), or ``scst`` (self-critical training with a CIDEr-D reward,
@@ -118,6 +119,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_ratio: float = 0.05
+    warmup_steps: int | None = None
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float | None = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
@@ -134,6 +136,7 @@ class TrainConfig:
         check(self.grad_accum > 0, f"grad_accum: must be positive, got {self.grad_accum}")
         check(self.lr > 0, f"lr: must be positive, got {self.lr}")
         check(0 <= self.warmup_ratio < 1, f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps: must be >= 0 or null")
         check(all(0 <= b < 1 for b in self.betas), f"betas: each must be in [0, 1), got {self.betas}")
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip: must be positive or null")
         for key in ("log_every", "eval_every", "save_every"):

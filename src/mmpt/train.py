@@ -317,7 +317,8 @@ def train_stage(
     # sized after prepare() (which shards the loader across processes); stepped once per optimizer step
     steps_per_epoch = math.ceil(len(loader) / tc.grad_accum)
     total = min(tc.max_steps or steps_per_epoch * tc.epochs, steps_per_epoch * tc.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, int(tc.warmup_ratio * total), total))
+    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(tc.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, min(warmup, total), total))
     if resuming:
         load_optimizer_state(ctx.out_dir / "checkpoint", optimizer, scheduler)
 
