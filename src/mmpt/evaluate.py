@@ -63,18 +63,13 @@ def predict(
     for start in range(0, len(samples), batch_size):
         chunk = samples[start : start + batch_size]
         batch = {k: v.to(device) for k, v in _batch(processor, chunk).items()}
+        ends = getattr(processor, "generation_kwargs", None)  # HF processors: the family's pad/eos tokens
+        if ends is None:
+            ends = {"pad_token_id": processor.pad_token_id, "eos_token_id": processor.tokenizer.eos_token_id}
         with autocast():
-            ids = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=num_beams,
-                pad_token_id=processor.pad_token_id,
-                eos_token_id=processor.tokenizer.eos_token_id,
-            )
-        prompt = batch["input_ids"]
-        if ids.shape[1] > prompt.shape[1] and torch.equal(ids[:, : prompt.shape[1]], prompt):
-            ids = ids[:, prompt.shape[1] :]  # HF decoder-only models return prompt + continuation
+            ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, **ends)
+        if hasattr(processor, "generated_tokens"):  # HF decoder-only models return prompt + continuation
+            ids = processor.generated_tokens(ids, batch["input_ids"])
         out.extend(processor.decode(ids))
         bar.update(len(chunk))
     bar.close()
@@ -110,10 +105,14 @@ def rank_candidates(
             chunk = list(candidates[start : start + batch_size])
             batch = {k: v.to(device) for k, v in _batch(processor, [sample] * len(chunk), chunk).items()}
             labels = batch.pop("labels")
-            with autocast():
-                logits = model(**batch, use_cache=False).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = labels[:, 1:]
+            if getattr(processor, "is_encoder_decoder", False):  # decoder logits line up with the labels
+                with autocast():
+                    logits = model(**batch, labels=labels, use_cache=False).logits.float()
+                logp, target = torch.log_softmax(logits, dim=-1), labels
+            else:  # causal LM: position t predicts token t + 1
+                with autocast():
+                    logits = model(**batch, use_cache=False).logits.float()
+                logp, target = torch.log_softmax(logits[:, :-1], dim=-1), labels[:, 1:]
             picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             scores.append((picked * (target >= 0)).sum(-1).cpu())
         out.append(candidates[int(torch.cat(scores).argmax())])

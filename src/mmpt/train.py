@@ -41,6 +41,7 @@ from mmpt.data.sources import build_data
 from mmpt.evaluate import open_image
 from mmpt.inference import model_kwargs
 from mmpt.models import VLMProcessor
+from mmpt.models.hf_processor import HFProcessor
 from mmpt.report import write_report
 from mmpt.runconfig import RunConfig, StageConfig
 from mmpt.tasks import evaluate_task, main_metric
@@ -54,7 +55,7 @@ class Collator:
     With ``classes`` (objective ``classify``) the batch holds the prompts only, plus ``class_labels``.
     """
 
-    def __init__(self, processor: VLMProcessor, classes: Any = None) -> None:
+    def __init__(self, processor: VLMProcessor | HFProcessor, classes: Any = None) -> None:
         self.processor = processor
         self.classes = classes
 
@@ -218,9 +219,9 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
     loaded = models.load(config.model.name, **model_kwargs(config.model))
-    if not isinstance(loaded.processor, VLMProcessor):
+    if not isinstance(loaded.processor, VLMProcessor | HFProcessor):
         raise ConfigError(f"model.name: {config.model.name} has no mmpt processor; training and evaluation "
-                          "pipelines run on models with one (mmpt models lists them)")
+                          "pipelines need a processor (a checkpoint folder saved with its processor files)")
     loaded.model.to(accelerator.device)
     say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset}), "
         f"task {config.task}")

@@ -86,8 +86,12 @@ class AnswerHeadMethod(nn.Module):
 
     def _pool(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        if self.config.pooling == "last" or self._mask is None or self._mask.shape[1] != hidden.shape[1]:
-            self._pooled = hidden[:, -1]  # batches are left-padded: the last position is the last real token
+        mask_fits = self._mask is not None and self._mask.shape[1] == hidden.shape[1]
+        if self.config.pooling == "last" and mask_fits:  # the last real token, whichever side the padding is on
+            last = self._mask.shape[1] - 1 - self._mask.flip(-1).argmax(-1)  # type: ignore[union-attr]
+            self._pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
+        elif self.config.pooling == "last" or not mask_fits:
+            self._pooled = hidden[:, -1]  # no padding mask: every row ends at the last position
         else:
             weights = self._mask.to(hidden.dtype).unsqueeze(-1)
             self._pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

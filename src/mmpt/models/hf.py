@@ -25,7 +25,11 @@ def resolve_local(name_or_path: str) -> Path | None:
 
 
 def load_pretrained(folder: Path, **kwargs: Any) -> tuple[nn.Module, Any, str]:
-    """(model, processor or None, model_type) for the checkpoint in ``folder``; offline only."""
+    """(model, processor or None, model_type) for the checkpoint in ``folder``; offline only.
+
+    The processor is the checkpoint's ``AutoProcessor`` wrapped in :class:`~mmpt.models.hf_processor.HFProcessor`
+    (mmpt's processor interface); None when the folder has no full multimodal processor.
+    """
     import transformers
 
     from mmpt.models.families import family_for_model_type
@@ -41,4 +45,10 @@ def load_pretrained(folder: Path, **kwargs: Any) -> tuple[nn.Module, Any, str]:
         processor = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True)
     except Exception:  # noqa: BLE001 - a checkpoint without processor files still tunes from tensors
         processor = None
+    if isinstance(processor, transformers.ProcessorMixin):
+        from mmpt.models.hf_processor import HFProcessor
+
+        processor = HFProcessor(processor, family.name)
+    else:
+        processor = None  # a bare tokenizer or image processor cannot build multimodal batches
     return model.eval(), processor, model_type

@@ -1,0 +1,401 @@
+"""HFProcessor on real Hugging Face processors, built offline from the embedded SmolLM2 tokenizer (BLIP: a tiny
+BERT vocabulary), small image processors and tiny random models whose configs match the processors."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmpt.models.hf_processor import IGNORE_INDEX, HFProcessor
+
+PROMPTS = ["what color is the shape?", "is there a red circle in the image at all?"]
+ANSWERS = ["blue", "no"]
+FAMILIES = ["llava", "idefics3", "paligemma", "florence2", "blip2", "blip"]
+
+# llava-hf/llava-1.5-*-hf's chat template: the assistant turn ends without an end-of-turn token
+LLAVA_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}"
+    "{% endif %}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+# HuggingFaceTB/SmolVLM-*-Instruct's chat template
+SMOLVLM_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}"
+    "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
+    "{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}"
+    "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+              patch_size=8)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (several threads stall on a busy machine); restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def base_tokenizer():
+    from transformers import AutoTokenizer
+
+    from mmpt.models.tiny import smollm2_folder
+
+    return AutoTokenizer.from_pretrained(smollm2_folder())
+
+
+def _llama(tok, **kw):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+
+
+def build_llava(tok, template=LLAVA_TEMPLATE):
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    tok.add_tokens(["<image>"], special_tokens=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc = LlavaProcessor(image_processor=images, tokenizer=tok, patch_size=8, num_additional_image_tokens=1,
+                          vision_feature_select_strategy="default", chat_template=template)
+    config = LlavaConfig(vision_config=dict(VISION, model_type="clip_vision_model"), text_config=_llama(tok),
+                         image_token_index=proc.image_token_id, vision_feature_layer=-1)
+    return LlavaForConditionalGeneration(config), proc
+
+
+def build_idefics3(tok, template=SMOLVLM_TEMPLATE):
+    from transformers import (
+        Idefics3Config,
+        Idefics3ForConditionalGeneration,
+        Idefics3ImageProcessor,
+        Idefics3Processor,
+    )
+
+    tok.add_tokens(["<global-img>"], special_tokens=True)
+    images = Idefics3ImageProcessor(size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
+                                    do_image_splitting=False)
+    proc = Idefics3Processor(image_processor=images, tokenizer=tok, image_seq_len=4, chat_template=template)
+    config = Idefics3Config(vision_config=VISION, text_config=_llama(tok), image_token_id=proc.image_token_id,
+                            scale_factor=2)
+    return Idefics3ForConditionalGeneration(config), proc
+
+
+def build_paligemma(tok):
+    from transformers import (
+        GemmaConfig,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
+
+    images = SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16)
+    proc = PaliGemmaProcessor(image_processor=images, tokenizer=tok)  # adds <image>, <locXXXX>, <segXXX>
+    text = GemmaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=1, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                       eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    config = PaliGemmaConfig(vision_config=dict(VISION, projection_dim=64), text_config=text,
+                             image_token_index=proc.image_token_id, projection_dim=64)
+    return PaliGemmaForConditionalGeneration(config), proc
+
+
+def build_florence2(tok):
+    from transformers import (
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+    )
+
+    from mmpt.models.families import florence2
+
+    tok.add_tokens(["<image>"], special_tokens=True)
+    tok._set_model_specific_special_tokens(special_tokens={"image_token": "<image>"})  # tokenizer.image_token
+    text = dict(vocab_size=len(tok), d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=128,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                decoder_start_token_id=tok.eos_token_id)
+    vision = dict(embed_dim=[16, 32], depths=[1, 1], num_heads=[2, 4], num_groups=[2, 4], patch_size=[7, 3],
+                  patch_stride=[4, 2], patch_padding=[3, 1], patch_prenorm=[False, True], projection_dim=64,
+                  window_size=2)
+    model = Florence2ForConditionalGeneration(
+        Florence2Config(text_config=text, vision_config=vision, image_token_id=tok.image_token_id)
+    )
+    images = CLIPImageProcessor(size={"height": 32, "width": 32}, do_center_crop=False,
+                                image_seq_length=florence2.num_image_tokens(model))
+    return model, Florence2Processor(image_processor=images, tokenizer=tok)
+
+
+def build_blip2(tok):
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        OPTConfig,
+    )
+
+    proc = Blip2Processor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok,
+                          num_query_tokens=4)  # adds <image>
+    text = OPTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=128, vocab_size=len(tok),
+                     word_embed_proj_dim=64, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                     eos_token_id=tok.eos_token_id)
+    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                   encoder_hidden_size=32, vocab_size=100)
+    config = Blip2Config(vision_config=VISION, qformer_config=qformer, text_config=text, num_query_tokens=4,
+                         image_token_index=tok.convert_tokens_to_ids("<image>"))
+    return Blip2ForConditionalGeneration(config), proc
+
+
+def build_blip(_tok):
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "?", *" ".join([*PROMPTS, *ANSWERS]).split()]
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(dict.fromkeys(words))}, bos_token="[DEC]")
+    proc = BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tok)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=len(tok), encoder_hidden_size=32, pad_token_id=tok.pad_token_id,
+                bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id)
+    return BlipForConditionalGeneration(BlipConfig(vision_config=VISION, text_config=text)), proc
+
+
+BUILDERS = {"llava": build_llava, "idefics3": build_idefics3, "paligemma": build_paligemma,
+            "florence2": build_florence2, "blip2": build_blip2, "blip": build_blip}
+
+
+def build(base_tokenizer, family, seed=0, **kw):
+    """(model, HFProcessor) for a tiny random ``family`` model, on a fresh copy of the tokenizer."""
+    torch.manual_seed(seed)
+    model, proc = BUILDERS[family](copy.deepcopy(base_tokenizer), **kw)
+    return model.eval(), HFProcessor(proc, family)
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def built(request, base_tokenizer):
+    model, hp = build(base_tokenizer, request.param)
+    return request.param, model, hp
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)),
+            rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)]
+
+
+def _ids(tok, text):
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def expected_labels(family, tok, answer):
+    """The ids each family labels for ``answer``: answer tokens + end token (Florence-2: ``<s>`` first)."""
+    if family == "florence2":
+        return [tok.bos_token_id, *_ids(tok, answer), tok.eos_token_id]
+    if family == "paligemma":
+        return [*_ids(tok, answer), tok.eos_token_id]
+    if family == "blip":
+        return [*_ids(tok, answer), tok.sep_token_id]
+    end = tok.convert_tokens_to_ids("<end_of_utterance>") if family == "idefics3" else tok.eos_token_id
+    return [*_ids(tok, " " + answer), end]
+
+
+def test_labels_are_answer_tokens_and_end_token(built, images):
+    family, _, hp = built
+    batch = hp(images, PROMPTS, ANSWERS)
+    for i, answer in enumerate(ANSWERS):
+        row = batch["labels"][i]
+        assert row[row != IGNORE_INDEX].tolist() == expected_labels(family, hp.tokenizer, answer)
+    if not hp.is_encoder_decoder:  # aligned with input_ids, the answer ends each sequence
+        assert batch["labels"].shape == batch["input_ids"].shape
+        labelled = batch["labels"] != IGNORE_INDEX
+        assert torch.equal(batch["labels"][labelled], batch["input_ids"][labelled])
+        for i, answer in enumerate(ANSWERS):
+            n = len(expected_labels(family, hp.tokenizer, answer))
+            assert labelled[i, -n:].all() and not labelled[i, :-n].any()
+
+
+def test_batches_are_padded_on_the_family_side(built, images):
+    family, _, hp = built
+    assert hp.padding_side == ("right" if family == "florence2" else "left")
+    for answers in (ANSWERS, None):
+        batch = hp(images, PROMPTS, answers)
+        mask = batch["attention_mask"]
+        lengths = mask.sum(1)
+        assert lengths[0] < lengths[1]  # different prompt lengths in one batch
+        for i, n in enumerate(lengths.tolist()):
+            real = slice(-n, None) if hp.padding_side == "left" else slice(None, n)
+            pad = slice(None, -n) if hp.padding_side == "left" else slice(n, None)
+            assert mask[i, real].all() and not mask[i, pad].any()
+            assert (batch["input_ids"][i, pad] == hp.pad_token_id).all()
+            if answers is not None and not hp.is_encoder_decoder:
+                assert (batch["labels"][i, pad] == IGNORE_INDEX).all()
+        assert ("labels" in batch) == (answers is not None)
+        assert "pixel_values" in batch
+    if family == "paligemma":
+        assert "token_type_ids" in batch
+
+
+def test_florence2_outputs_do_not_depend_on_the_batch(base_tokenizer, images):
+    # BART's learned absolute positions: left padding would shift the shorter prompt's positions
+    model, hp = build(base_tokenizer, "florence2")
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+        both = model(**hp(images, PROMPTS, ANSWERS)).logits[0]
+        alone = model(**hp(images[:1], PROMPTS[:1], ANSWERS[:1])).logits[0]
+    assert torch.allclose(both, alone, atol=1e-4)
+
+
+def test_loss_ranking_and_generation(built, images):
+    _, model, hp = built
+    batch = hp(images, PROMPTS, ANSWERS)
+    with torch.no_grad():
+        loss = model(**batch, use_cache=False).loss
+        assert math.isfinite(loss.item())
+        # the scores rank_candidates computes: decoder-only logits[:, :-1] vs labels[:, 1:]; encoder-decoder
+        # models need the labels in the forward (decoder inputs) and score logits vs labels unshifted
+        labels = batch.pop("labels")
+        if hp.is_encoder_decoder:
+            logp = torch.log_softmax(model(**batch, labels=labels, use_cache=False).logits.float(), -1)
+            target = labels
+        else:
+            logp = torch.log_softmax(model(**batch, use_cache=False).logits.float()[:, :-1], -1)
+            target = labels[:, 1:]
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (target >= 0)
+        assert torch.allclose(-picked.sum() / (target >= 0).sum(), loss, atol=1e-4)
+        prompt = hp(images, PROMPTS)
+        ids = model.generate(**prompt, max_new_tokens=3, do_sample=False, num_beams=1, **hp.generation_kwargs)
+    new = hp.generated_tokens(ids, prompt["input_ids"])
+    assert new.shape[0] == 2 and 1 <= new.shape[1] <= 3 + (1 if hp.is_encoder_decoder else 0)
+    texts = hp.decode(new)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_decode_round_trips_an_answer(built):
+    family, _, hp = built
+    ids = torch.tensor([expected_labels(family, hp.tokenizer, a) for a in ["blue", "no"]])
+    assert hp.decode(ids) == ["blue", "no"]
+
+
+def test_generation_stops_where_labels_end(built):
+    family, _, hp = built
+    end = expected_labels(family, hp.tokenizer, "x")[-1]
+    if family == "blip":  # BLIP's generate sets pad/eos (sep) itself and refuses them as arguments
+        assert hp.generation_kwargs == {}
+    else:
+        assert end in hp.generation_kwargs["eos_token_id"]
+        assert hp.tokenizer.eos_token_id in hp.generation_kwargs["eos_token_id"]
+
+
+@pytest.mark.parametrize("family, template", [("llava", LLAVA_TEMPLATE), ("llava", None),
+                                              ("idefics3", SMOLVLM_TEMPLATE)])
+def test_multi_turn_contexts_label_every_answer(base_tokenizer, images, family, template):
+    model, hp = build(base_tokenizer, family, template=template)
+    contexts = [[("how many shapes?", "two"), ("big?", "yes it is")], []]
+    batch = hp(images, PROMPTS, ANSWERS, contexts)
+    tok = hp.tokenizer
+    labelled = batch["labels"][0] != IGNORE_INDEX
+    spans = torch.diff(labelled.int(), prepend=torch.zeros(1, dtype=torch.int)).eq(1).sum()
+    assert int(spans) == 3  # two context answers and the final one, separately
+    end = expected_labels(family, tok, "x")[-1]
+    assert batch["labels"][0][labelled].tolist() == [
+        *expected_labels(family, tok, "two"), *expected_labels(family, tok, "yes it is"),
+        *expected_labels(family, tok, "blue")]
+    text = tok.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
+    assert text.count(tok.convert_ids_to_tokens(end)) >= 3
+    assert text.index("<image>") < text.index("how many shapes?")  # the image is in the first user turn
+    assert "<image>" not in text[text.index("big?") :]
+    with torch.no_grad():
+        assert math.isfinite(model(**batch, use_cache=False).loss.item())
+
+
+def test_llava_without_chat_template_uses_plain_format(base_tokenizer, images):
+    _, hp = build(base_tokenizer, "llava", template=None)
+    batch = hp(images[:1], PROMPTS[:1])
+    text = hp.tokenizer.decode(batch["input_ids"][0]).replace("<image>", "")
+    assert text == f"USER: \n{PROMPTS[0]} ASSISTANT:"
+
+
+def test_chat_family_without_template_raises_clearly(base_tokenizer, images):
+    _, hp = build(base_tokenizer, "idefics3", template=None)
+    with pytest.raises(ValueError, match="no chat template"):
+        hp(images, PROMPTS)
+
+
+def test_contexts_are_for_chat_families_only(built, images):
+    family, _, hp = built
+    contexts = [[("how many shapes?", "two")], []]
+    if family in ("llava", "idefics3"):
+        assert "labels" in hp(images, PROMPTS, ANSWERS, contexts)
+    else:
+        with pytest.raises(ValueError, match="no multi-turn format"):
+            hp(images, PROMPTS, ANSWERS, contexts)
+
+
+def test_unknown_family_is_rejected(base_tokenizer):
+    _, hp = build(base_tokenizer, "llava")
+    with pytest.raises(ValueError, match="does not know family"):
+        HFProcessor(hp.hf, "ofa")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_prefix_tuning_end_to_end(base_tokenizer, images, family):
+    from mmpt import methods
+    from mmpt.models import LoadedModel
+    from mmpt.models.families import FAMILY_MODULES
+
+    model, hp = build(base_tokenizer, family, seed=1)
+    loaded = LoadedModel(f"{family}-hf-test", model, hp, FAMILY_MODULES[family].FAMILY)
+    method = methods.apply(loaded, methods.PrefixConfig(length=2))
+    trainable = {id(p) for p in method.parameters()}
+    assert trainable
+    optimizer = torch.optim.AdamW(method.parameters(), lr=5e-2)
+    batch = hp(images, PROMPTS, ANSWERS)
+    model.train()
+    losses = []
+    for _ in range(2):
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        for name, p in model.named_parameters():
+            assert (p.grad is not None) == (id(p) in trainable), name
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses)
+    if family == "llava":  # one AdamW step on the prefix lowers the loss (other tiny models: not asserted)
+        assert losses[1] < losses[0]
+    model.eval()
+    with torch.no_grad():
+        prompt = hp(images, PROMPTS)
+        ids = model.generate(**prompt, max_new_tokens=2, do_sample=False, **hp.generation_kwargs)
+    assert len(hp.decode(hp.generated_tokens(ids, prompt["input_ids"]))) == 2
+
+
+def test_load_pretrained_wraps_the_auto_processor(base_tokenizer, images, tmp_path):
+    from mmpt import models
+
+    model, hp = build(base_tokenizer, "llava")
+    model.save_pretrained(tmp_path)
+    hp.hf.save_pretrained(tmp_path)
+    loaded = models.load(str(tmp_path))
+    assert isinstance(loaded.processor, HFProcessor) and loaded.processor.family == "llava"
+    batch = loaded.processor(images, PROMPTS, ANSWERS)
+    assert torch.equal(batch["labels"], hp(images, PROMPTS, ANSWERS)["labels"])
