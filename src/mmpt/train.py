@@ -365,6 +365,7 @@ def train_stage(
                 if state.step % tc.log_every == 0 or state.step == total:
                     writer.writerow({"stage": stage.name, "step": state.step, "loss": running, "lr": lr,
                                      "samples_per_s": rate})
+                    log_file.flush()  # `tail -f log.csv` follows a running job
                     if ctx.tensorboard is not None:
                         ctx.tensorboard.add_scalar(f"train/{stage.name}/loss", running, state.seen)
                         ctx.tensorboard.add_scalar(f"train/{stage.name}/lr", lr, state.seen)
