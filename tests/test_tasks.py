@@ -16,6 +16,7 @@ ROOT = Path(__file__).parents[1]
 TINY = ["model.name=mmpt-tiny-random", "train.precision=fp32", "eval.before=false"]
 EXPECTED = {
     "caption": ["bleu1", "bleu4", "meteor", "rouge_l", "cider"],
+    "caption_scst": ["cider", "bleu4"],
     "vqa": ["accuracy", "vqa_accuracy"],
     "ve": ["accuracy"],
     "refexp": ["acc@0.5", "miou", "unparsed"],
@@ -47,6 +48,8 @@ def test_task_end_to_end(task, exported, tmp_path):
     metrics = run(config, progress=False)
     after = metrics["after"]
     assert all(key in after for key in EXPECTED[task]), sorted(after)
+    if task == "caption_scst":  # the CIDEr-D reward stage ran after cross-entropy
+        assert [s["name"] for s in metrics["stages"]] == ["ce", "scst"] and metrics["stages"][1]["steps"] == 2
     assert all(0.0 <= after[k] <= (200.0 if "score" in k else 10.0) for k in EXPECTED[task])
     lines = (Path(metrics["run_dir"]) / "predictions_after.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]

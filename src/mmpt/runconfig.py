@@ -108,7 +108,9 @@ class TrainConfig:
 
     ``objective``: ``lm`` (cross-entropy on the answer tokens), ``classify`` (cross-entropy of an
     ``answer_head`` method over its answer list), or ``scst`` (self-critical training with a CIDEr-D reward,
-    captioning; usually a second stage after ``lm``).
+    captioning; usually a second stage after ``lm``): ``scst_samples`` captions sampled per image, rewarded by
+    CIDEr-D (document frequencies of the training references) minus a ``greedy`` (Rennie et al.) or ``mean``
+    (of the other samples) baseline.
     """
 
     epochs: int = 1
@@ -124,6 +126,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"
     objective: Literal["lm", "classify", "scst"] = "lm"
+    scst_samples: int = 5
+    scst_baseline: Literal["greedy", "mean"] = "greedy"
+    scst_max_new_tokens: int = 20
     num_workers: int = 0
     log_every: int = 10
     eval_every: int | None = None
@@ -137,6 +142,9 @@ class TrainConfig:
         check(self.lr > 0, f"lr: must be positive, got {self.lr}")
         check(0 <= self.warmup_ratio < 1, f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps: must be >= 0 or null")
+        check(self.scst_samples >= (2 if self.scst_baseline == "mean" else 1),
+              f"scst_samples: must be >= 1 (>= 2 with scst_baseline: mean), got {self.scst_samples}")
+        check(self.scst_max_new_tokens > 0, "scst_max_new_tokens: must be positive")
         check(all(0 <= b < 1 for b in self.betas), f"betas: each must be in [0, 1), got {self.betas}")
         check(self.grad_clip is None or self.grad_clip > 0, "grad_clip: must be positive or null")
         for key in ("log_every", "eval_every", "save_every"):
@@ -244,7 +252,9 @@ def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, .
 
 
 def _smoke_train(train: TrainConfig) -> TrainConfig:
-    return replace(train, epochs=1, max_steps=2, batch_size=min(train.batch_size, 4), grad_accum=1, log_every=1)
+    return replace(train, epochs=1, max_steps=2, batch_size=min(train.batch_size, 4), grad_accum=1, log_every=1,
+                   warmup_steps=None, scst_samples=min(train.scst_samples, 2),
+                   scst_max_new_tokens=min(train.scst_max_new_tokens, 4))
 
 
 def smoke(config: RunConfig) -> RunConfig:

@@ -43,7 +43,8 @@ from mmpt.inference import model_kwargs
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
 from mmpt.report import write_report
-from mmpt.runconfig import RunConfig, StageConfig
+from mmpt.runconfig import RunConfig, StageConfig, TrainConfig
+from mmpt.scst import CiderD, SCSTCollator, group_by_image, scst_loss
 from mmpt.tasks import evaluate_task, main_metric
 
 log = logging.getLogger("mmpt")
@@ -68,14 +69,42 @@ class Collator:
         return batch
 
 
-def training_loss(ctx: Run, wrapped: torch.nn.Module, batch: dict[str, torch.Tensor], objective: str) -> torch.Tensor:
-    """The loss of one batch under the stage's objective."""
-    if objective == "classify":
+def prepare_objective(ctx: Run, tc: TrainConfig, samples: list[Sample]) -> tuple[list[Sample], Any, Any]:
+    """(samples, collate function, loss helper) for the stage's ``train.objective``."""
+    processor = ctx.loaded.processor
+    if tc.objective == "classify":
+        if "answer_head" not in ctx.applied:
+            raise ConfigError("train.objective: 'classify' trains an answer_head method; add {name: answer_head, "
+                              "answers: [...]} to the stage's methods")
+        classes = ctx.applied["answer_head"].index  # type: ignore[attr-defined]
+        outside = sum(s.target not in classes for s in samples)
+        if outside:
+            log.warning("answer_head: %d of %d training answers are not in its answer list (ignored by the loss)",
+                        outside, len(samples))
+        return samples, Collator(processor, classes), None
+    if tc.objective == "scst":
+        if ctx.config.task != "caption":
+            raise ConfigError(f"train.objective: 'scst' optimizes CIDEr-D of captions; the task is {ctx.config.task}")
+        samples = group_by_image(samples)  # one sample per image with all its references
+        return samples, SCSTCollator(processor), CiderD(s.references for s in samples)  # df of the training refs
+    return samples, Collator(processor), None
+
+
+def training_loss(
+    ctx: Run, wrapped: torch.nn.Module, batch: dict[str, Any], tc: TrainConfig, helper: Any
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch under the stage's objective, and extra statistics to log."""
+    if tc.objective == "classify":
         labels = batch.pop("class_labels")
         wrapped(**batch, use_cache=False)
         logits = ctx.applied["answer_head"].logits()  # type: ignore[attr-defined]
-        return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100)
-    return wrapped(**batch, use_cache=False).loss
+        return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100), {}
+    if tc.objective == "scst":
+        references = batch.pop("references")
+        with ctx.accelerator.autocast():  # generate() bypasses the autocast Accelerate puts on forward
+            return scst_loss(wrapped, ctx.loaded.processor, batch, references, helper, num_samples=tc.scst_samples,
+                             max_new_tokens=tc.scst_max_new_tokens, baseline=tc.scst_baseline)
+    return wrapped(**batch, use_cache=False).loss, {}
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
@@ -297,18 +326,9 @@ def train_stage(
     tc, accelerator, state = stage.train, ctx.accelerator, ctx.state
     if not samples:
         raise ConfigError("data: no training samples; give data.train (or a packaged dataset)")
-    classes = None
-    if tc.objective == "classify":
-        if "answer_head" not in ctx.applied:
-            raise ConfigError("train.objective: 'classify' trains an answer_head method; add {name: answer_head, "
-                              "answers: [...]} to the stage's methods")
-        classes = ctx.applied["answer_head"].index  # type: ignore[attr-defined]
-        outside = sum(s.target not in classes for s in samples)
-        if outside:
-            log.warning("answer_head: %d of %d training answers are not in its answer list (ignored by the loss)",
-                        outside, len(samples))
+    samples, collate, helper = prepare_objective(ctx, tc, samples)
     loader = DataLoader(
-        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=Collator(ctx.loaded.processor, classes),
+        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=collate,
         num_workers=tc.num_workers, generator=torch.Generator().manual_seed(ctx.config.seed + index),
     )
     trainable = [p for m in active for p in m.parameters()]
@@ -342,7 +362,7 @@ def train_stage(
             batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
             for batch in batches:
                 with accelerator.accumulate(wrapped):
-                    loss = training_loss(ctx, wrapped, batch, tc.objective)
+                    loss, extra = training_loss(ctx, wrapped, batch, tc, helper)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and tc.grad_clip:
                         accelerator.clip_grad_norm_(trainable, tc.grad_clip)
@@ -369,6 +389,8 @@ def train_stage(
                     if ctx.tensorboard is not None:
                         ctx.tensorboard.add_scalar(f"train/{stage.name}/loss", running, state.seen)
                         ctx.tensorboard.add_scalar(f"train/{stage.name}/lr", lr, state.seen)
+                        for key, value in extra.items():  # e.g. SCST reward / baseline / sample length
+                            ctx.tensorboard.add_scalar(f"train/{stage.name}/{key}", value, state.seen)
                 if tc.eval_every and state.step % tc.eval_every == 0 and state.step < total and ctx.eval_samples:
                     state.metrics.setdefault("evals", []).append(
                         {"stage": stage.name, "step": state.step, **ctx.evaluate(f"s{index + 1}-step{state.step}")})

@@ -1,0 +1,269 @@
+"""Self-critical sequence training (SCST, Rennie et al. 2017) with a CIDEr-D reward, as OFA uses for captions.
+
+After cross-entropy training, the policy gradient of CIDEr-D is followed: for each image ``num_samples``
+captions are sampled (multinomial, full vocabulary), each is rewarded with its CIDEr-D against the image's
+references minus a baseline (the greedy caption's CIDEr-D, Rennie et al., or the mean of the image's other
+samples, Luo 2020), and ``-(reward - baseline) * log p(caption)`` is minimized.
+
+* :class:`CiderD`: CIDEr-D with document frequencies from a fixed corpus (the training references), as the
+  SCST paper and OFA's ``CiderD(df="corpus")``: a caption's reward does not depend on the rest of the batch.
+* :func:`scst_loss`: the loss of one batch and its statistics.
+* :func:`group_by_image` and :class:`SCSTCollator`: one sample per image with all its references, and
+  prompt-only batches that carry those references.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pycocoevalcap.cider.cider_scorer import precook
+from torch import nn
+
+from mmpt.data import Sample
+from mmpt.evaluate import open_image
+from mmpt.models.vlm import IGNORE_INDEX, VLMProcessor
+
+_PUNCTUATION = re.compile(r"[^\w\s]")
+Vector = tuple[list[dict[tuple[str, ...], float]], list[float], int]
+
+
+def tokenize(text: str) -> str:
+    """Lower-case, punctuation to spaces, whitespace collapsed: ``"A dog's toy."`` -> ``"a dog s toy"``.
+
+    A fast stand-in for the PTB tokenizer (Java) that evaluation uses; scores can differ slightly from it.
+    """
+    return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+class CiderD:
+    """CIDEr-D (coco-caption / pycocoevalcap's ``Cider``) with idf from a fixed reference corpus.
+
+    n-grams 1..``n`` as tf-idf vectors (idf = log(corpus images) - log(max(1, df))), clipped cosine
+    ``sum min(h, r) * r / (|h| |r|)``, Gaussian length penalty (``sigma``), averaged over n-gram orders and
+    references, times 10. As pycocoevalcap, the length in the penalty counts bigrams (words - 1).
+
+    Args:
+        corpus: one reference list per image (e.g. every training image's captions); the document
+            frequency of an n-gram is the number of images whose references contain it.
+        n: largest n-gram order.
+        sigma: standard deviation of the length penalty.
+    """
+
+    def __init__(self, corpus: Iterable[Sequence[str]], n: int = 4, sigma: float = 6.0) -> None:
+        self.n, self.sigma = n, sigma
+        self.document_frequency: dict[tuple[str, ...], float] = defaultdict(float)
+        images = 0
+        for refs in corpus:
+            images += 1
+            for ngram in {g for ref in refs for g in precook(tokenize(ref), n)}:
+                self.document_frequency[ngram] += 1
+        if images == 0:
+            raise ValueError("CiderD needs a non-empty reference corpus")
+        self.log_images = math.log(float(images))
+
+    def vector(self, text: str) -> Vector:
+        """tf-idf vectors per n-gram order, their norms, and the length (bigram count) of ``text``."""
+        vec: list[dict[tuple[str, ...], float]] = [defaultdict(float) for _ in range(self.n)]
+        norm = [0.0] * self.n
+        length = 0
+        for ngram, tf in precook(tokenize(text), self.n).items():
+            k = len(ngram) - 1
+            df = self.document_frequency.get(ngram, 0.0)
+            vec[k][ngram] = tf * (self.log_images - math.log(max(1.0, df)))
+            norm[k] += vec[k][ngram] ** 2
+            if k == 1:
+                length += tf
+        return vec, [math.sqrt(x) for x in norm], length
+
+    def similarity(self, hyp: Vector, ref: Vector) -> float:
+        """Mean over n-gram orders of the clipped, length-penalized cosine of two vectors."""
+        (vh, nh, lh), (vr, nr, lr) = hyp, ref
+        penalty = math.exp(-((lh - lr) ** 2) / (2 * self.sigma**2))
+        total = 0.0
+        for k in range(self.n):
+            val = sum(min(w, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, w in vh[k].items())
+            if nh[k] != 0 and nr[k] != 0:
+                val /= nh[k] * nr[k]
+            total += val * penalty
+        return total / self.n
+
+    def scores(self, hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
+        """CIDEr-D of each hypothesis against its references (one list per hypothesis), shape (len,)."""
+        if len(hypotheses) != len(references):
+            raise ValueError(f"got {len(hypotheses)} hypotheses for {len(references)} reference lists")
+        cache: dict[tuple[str, ...], list[Vector]] = {}
+        out = np.zeros(len(hypotheses))
+        for i, (hyp, refs) in enumerate(zip(hypotheses, references, strict=True)):
+            if not refs:
+                raise ValueError(f"hypothesis {i} has no reference")
+            key = tuple(refs)
+            if key not in cache:
+                cache[key] = [self.vector(r) for r in refs]
+            h = self.vector(hyp)
+            out[i] = 10.0 * sum(self.similarity(h, r) for r in cache[key]) / len(refs)
+        return out
+
+
+def group_by_image(samples: Sequence[Sample]) -> list[Sample]:
+    """One sample per ``image_id`` (the first one's image and prompt), ``answers`` = every reference of it.
+
+    Per-caption training samples (Karpathy ``train``) become per-image ones, as SCST wants. Samples without
+    an image id (``-1``) are kept as they are.
+    """
+    groups: dict[Any, list[Sample]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(s.image_id if s.image_id != -1 else ("#", i), []).append(s)
+    return [replace(g[0], answers=tuple(dict.fromkeys(r for s in g for r in s.references)))
+            for g in groups.values()]
+
+
+class SCSTCollator:
+    """Samples -> prompt-only batch (``input_ids``, ``attention_mask``, ``pixel_values``) + ``references``."""
+
+    def __init__(self, processor: VLMProcessor) -> None:
+        self.processor = processor
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        images = [open_image(s.image) for s in samples]
+        batch: dict[str, Any] = self.processor(images, [s.prompt for s in samples])
+        batch["references"] = [list(s.references) for s in samples]
+        return batch
+
+
+def trim_at_eos(ids: torch.Tensor, eos_token_id: int) -> list[list[int]]:
+    """Generated rows cut after their first end-of-turn token (kept: it is trained as in cross-entropy)."""
+    rows = []
+    for row in ids.tolist():
+        rows.append(row[: row.index(eos_token_id) + 1] if eos_token_id in row else row)
+    return rows
+
+
+def decode_captions(processor: VLMProcessor, ids: torch.Tensor) -> tuple[list[list[int]], list[str]]:
+    """Generated ids -> (rows cut at their end-of-turn, stripped texts without special tokens)."""
+    rows = trim_at_eos(ids, processor.tokenizer.eos_token_id)
+    return rows, [t.strip() for t in processor.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
+def append_continuations(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    continuations: Sequence[Sequence[int]],
+    pad_token_id: int,
+) -> dict[str, torch.Tensor]:
+    """Teacher-forcing inputs: row ``i``'s prompt (its unpadded tokens) + ``continuations[i]``, left-padded.
+
+    ``labels`` hold the continuation ids and ``-100`` elsewhere, as :class:`VLMProcessor` builds them.
+    """
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+    width = max(len(p) + len(c) for p, c in zip(rows, continuations, strict=True))
+    out_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+    out_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (prompt, cont) in enumerate(zip(rows, continuations, strict=True)):
+        out_ids[i, width - len(prompt) - len(cont) :] = torch.tensor(prompt + list(cont), dtype=torch.long)
+        out_mask[i, width - len(prompt) - len(cont) :] = 1
+        labels[i, width - len(cont) :] = torch.tensor(list(cont), dtype=torch.long)
+    device = input_ids.device
+    return {"input_ids": out_ids.to(device), "attention_mask": out_mask.to(device),
+            "labels": labels.to(device)}
+
+
+def sequence_log_probs(
+    model: nn.Module, inputs: Mapping[str, torch.Tensor], pixel_values: torch.Tensor | None
+) -> torch.Tensor:
+    """Sum of the labelled tokens' log-probabilities per row (with gradients), shape (rows,).
+
+    Labels sit at the right end of left-padded rows: only the last ``T + 1`` positions' logits are computed.
+    """
+    labels = inputs["labels"]
+    span = int((labels != IGNORE_INDEX).sum(1).max())
+    out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                pixel_values=pixel_values, use_cache=False, logits_to_keep=span + 1)
+    logits = out.logits[:, -(span + 1) : -1].float()
+    targets = labels[:, -span:]
+    mask = targets != IGNORE_INDEX
+    token_lp = torch.log_softmax(logits, -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_lp * mask).sum(1)
+
+
+def scst_loss(
+    model: nn.Module,
+    processor: VLMProcessor,
+    inputs: Mapping[str, torch.Tensor],
+    references: Sequence[Sequence[str]],
+    scorer: CiderD,
+    num_samples: int = 5,
+    max_new_tokens: int = 20,
+    temperature: float = 1.0,
+    baseline: Literal["greedy", "mean"] = "greedy",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The SCST loss of one batch: ``-mean over samples of (reward - baseline) * sum_t log p(token_t)``.
+
+    Args:
+        model: the model to train; a wrapped one (DDP, Accelerate) is fine: sampling uses its ``.module``,
+            the teacher-forced pass goes through the wrapper (gradient synchronization).
+        processor: the model's processor (pad and end-of-turn ids, decoding).
+        inputs: the prompt-only batch (``processor(images, prompts)``, or :class:`SCSTCollator`), on the
+            model's device; other keys (``references``, ``labels``) are ignored.
+        references: each image's reference captions.
+        scorer: the CIDEr-D reward (document frequencies of the training references).
+        num_samples: captions sampled per image.
+        max_new_tokens: longest sampled caption.
+        temperature: sampling temperature (no top-k / top-p: the whole distribution).
+        baseline: ``greedy`` (the greedy caption's reward, Rennie et al.) or ``mean`` (the mean reward of the
+            image's other samples, Luo 2020; needs ``num_samples >= 2``).
+
+    Returns:
+        The loss (per-caption log-probabilities summed over tokens, averaged over captions, as OFA) and
+        ``reward`` (mean CIDEr-D of the samples), ``baseline`` (mean baseline), ``length`` (mean sampled
+        tokens, end-of-turn included).
+    """
+    if baseline not in ("greedy", "mean"):
+        raise ValueError(f"baseline must be 'greedy' or 'mean', got {baseline!r}")
+    if baseline == "mean" and num_samples < 2:
+        raise ValueError("baseline='mean' needs num_samples >= 2")
+    generator = getattr(model, "module", model)
+    eos, pad = processor.tokenizer.eos_token_id, processor.pad_token_id
+    k = num_samples
+    ids, mask, pixels = inputs["input_ids"], inputs["attention_mask"], inputs.get("pixel_values")
+    rep_ids, rep_mask = ids.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
+    rep_pixels = None if pixels is None else pixels.repeat_interleave(k, 0)
+    common = {"max_new_tokens": max_new_tokens, "pad_token_id": pad, "eos_token_id": eos}
+    sampling = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": temperature}
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # sample without dropout; the teacher-forced pass below runs in the caller's modes
+    try:
+        with torch.no_grad():
+            sampled = generator.generate(input_ids=rep_ids, attention_mask=rep_mask, pixel_values=rep_pixels,
+                                         **sampling, **common)
+            greedy = None
+            if baseline == "greedy":
+                greedy = generator.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels,
+                                            do_sample=False, num_beams=1, **common)
+    finally:
+        for module, mode in modes:
+            module.train(mode)
+
+    samples, texts = decode_captions(processor, sampled)
+    rewards = scorer.scores(texts, [list(r) for r in references for _ in range(k)])
+    if greedy is not None:
+        greedy_texts = decode_captions(processor, greedy)[1]
+        base = np.repeat(scorer.scores(greedy_texts, [list(r) for r in references]), k)
+    else:
+        per_image = rewards.reshape(-1, k)
+        base = ((per_image.sum(1, keepdims=True) - per_image) / (k - 1)).reshape(-1)
+
+    teacher = append_continuations(rep_ids, rep_mask, samples, pad)
+    log_probs = sequence_log_probs(model, teacher, rep_pixels)
+    advantage = torch.as_tensor(rewards - base, dtype=log_probs.dtype, device=log_probs.device)
+    loss = -(advantage * log_probs).mean()
+    stats = {"reward": float(rewards.mean()), "baseline": float(base.mean()),
+             "length": float(np.mean([len(s) for s in samples]))}
+    return loss, stats
