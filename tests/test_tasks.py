@@ -114,3 +114,15 @@ def test_classify_objective_needs_a_head(tmp_path, capsys):
     assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", *TINY, f"output_dir={tmp_path}",
                  "train.objective=classify"]) == 2
     assert "add {name: answer_head" in capsys.readouterr().err
+
+
+def test_unreadable_image_names_file_and_record(tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rows = [{"image": "broken.png", "prompt": "what is it?", "target": "x", "id": "rec-7"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    source = f"{{format: jsonl, path: {tmp_path / 'd.jsonl'}, images: {tmp_path}}}"
+    args = ["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress", *TINY,
+            f"output_dir={tmp_path / 'runs'}", "data.dataset=files", f"data.train={source}", f"data.eval={source}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "rec-7" in err

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmpt.data import Sample
+from mmpt.data import DataError, Sample
 from mmpt.models import VLMProcessor
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -27,20 +27,24 @@ def normalize(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def open_image(image: Any) -> Image.Image | np.ndarray:
-    """A sample's image: a path is opened as RGB, an array is passed through."""
+def open_image(image: Any, sample: Sample | None = None) -> Image.Image | np.ndarray:
+    """A sample's image: a path is opened as RGB, an array is passed through.
+
+    An unreadable file raises :class:`~mmpt.data.DataError` naming the file and the sample's record id.
+    """
     if isinstance(image, np.ndarray):
         return image
     try:
         with Image.open(image) as im:
             return im.convert("RGB")
     except OSError as exc:
-        raise ValueError(f"cannot read image {image}: {exc}") from None
+        record = f" (record {sample.id!r})" if sample is not None and sample.id else ""
+        raise DataError(f"cannot read image {image}{record}: {exc}; replace the file or drop the record") from None
 
 
 def _batch(processor: VLMProcessor, chunk: Sequence[Sample], answers: Sequence[str] | None = None) -> Any:
     contexts = [s.context for s in chunk] if any(s.context for s in chunk) else None
-    return processor([open_image(s.image) for s in chunk], [s.prompt for s in chunk], answers, contexts)
+    return processor([open_image(s.image, s) for s in chunk], [s.prompt for s in chunk], answers, contexts)
 
 
 @torch.no_grad()

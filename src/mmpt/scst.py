@@ -131,7 +131,7 @@ class SCSTCollator:
         self.processor = processor
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        images = [open_image(s.image) for s in samples]
+        images = [open_image(s.image, s) for s in samples]
         batch: dict[str, Any] = self.processor(images, [s.prompt for s in samples])
         batch["references"] = [list(s.references) for s in samples]
         return batch

@@ -63,7 +63,7 @@ class Collator:
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         contexts = [s.context for s in samples] if any(s.context for s in samples) else None
         answers = None if self.classes is not None else [s.target for s in samples]
-        batch = self.processor([open_image(s.image) for s in samples], [s.prompt for s in samples], answers, contexts)
+        batch = self.processor([open_image(s.image, s) for s in samples], [s.prompt for s in samples], answers, contexts)
         if self.classes is not None:
             batch["class_labels"] = torch.tensor([self.classes.get(s.target, -100) for s in samples])
         return batch
