@@ -292,11 +292,17 @@ def _mme_pair(img: _Image, rng: random.Random) -> list[tuple[str, str, str, str]
     return [(task, *qas) for qas in pair]
 
 
+def _names_color(question: str) -> bool:
+    return any(w in COLORS for w in question.rstrip("?").split())
+
+
 def _write_llava(out: Path, images: list[_Image], rng: random.Random) -> dict[str, Path]:
-    """LLaVA conversations of 2-3 color/shape questions per train image (1 where an image has one)."""
+    """LLaVA conversations of 2-3 questions per train image (1 where an image has one): color and shape
+    questions, and the yes/no questions about a color ("is there a red shape?") with MME's suffix. Yes/no
+    questions about shapes are held out: MME's ``shape_existence`` is the unseen task."""
     records = []
     for img in (i for i in images if i.split == "train"):
-        turns = [qa for qa in img.questions if qa[1] not in ("yes", "no")]
+        turns = [qa for qa in img.questions if qa[1] not in ("yes", "no") or _names_color(qa[0])]
         rng.shuffle(turns)
         start = 0
         while start < len(turns):
@@ -304,7 +310,7 @@ def _write_llava(out: Path, images: list[_Image], rng: random.Random) -> dict[st
             conversation = []
             for k, (q, a) in enumerate(turns[start : start + size]):
                 marker = "<image>\n" if k == 0 else ""
-                human = f"{marker}{q}\n{SHORT_ANSWER}"
+                human = f"{marker}{q}\n{MME_SUFFIX if a in ('yes', 'no') else SHORT_ANSWER}"
                 conversation += [{"from": "human", "value": human}, {"from": "gpt", "value": a}]
             records.append({"id": f"{img.gid}-{start}", "image": img.name, "conversations": conversation})
             start += size
@@ -376,7 +382,9 @@ How it was derived, and the caveats:
   template, not annotated.
 * **RefCOCO**: sentences "the <color> <shape>" and "<color> shape"; testA and testB are a seeded half of the
   test images each (not people / other objects as in RefCOCO). Categories are the 3 shapes.
-* **LLaVA**: human turns end with LLaVA-1.5's "{short}"; yes/no questions are held out of this file.
+* **LLaVA**: color and shape questions end with LLaVA-1.5's "{short}"; yes/no questions that name a color
+  ("is there a red shape?") end with MME's "{mme}". Yes/no questions about shapes are held out of this file:
+  in the MME file, `shape_existence` is an unseen task, `color_existence` a seen task on unseen images.
 * **MME**: per test image exactly 2 questions of one subtask (`color_existence` if the question names a
   color, else `shape_existence`; one for which the image has a "yes" and a "no" question, picked at random
   if both do), one "yes" and one "no": the image's own easy-VQA questions where it has them, else written
