@@ -45,9 +45,12 @@ Files: `config.yaml` (resolved config), `metrics.json`, `<method>.safetensors` (
 
 
 def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
-    """A markdown table of the final metrics of several runs; rows are appended to ``csv_path`` if given."""
+    """A markdown table of the final metrics of several runs; rows are appended to ``csv_path`` if given
+    (earlier rows are kept; the header grows when new metrics appear)."""
     import csv
     import json
+
+    import yaml
 
     rows: list[dict[str, Any]] = []
     for run_dir in run_dirs:
@@ -56,7 +59,11 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
             raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished mmpt run")
         m = json.loads(path.read_text())
         after = m.get("after", {})
-        row: dict[str, Any] = {"run": run_dir.name, "methods": "+".join(s["name"] for s in m.get("stages", []))}
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+        row: dict[str, Any] = {"run": run_dir.name, "task": cfg.get("task", ""),
+                               "model": (cfg.get("model") or {}).get("name", ""),
+                               "stages": "+".join(s["name"] for s in m.get("stages", [])),
+                               "train_samples": m.get("train", {}).get("samples", "")}
         row["trainable"] = m.get("parameters", {}).get("trainable", "")
         row.update({k: round(v, 4) for k, v in after.items() if isinstance(v, float) and "/" not in k})
         rows.append(row)
@@ -64,10 +71,16 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     if csv_path is not None:
-        new = not csv_path.exists()
-        with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        old: list[dict[str, str]] = []
+        if csv_path.exists():  # keep every earlier row; widen the header when these runs bring new metrics
+            with open(csv_path, newline="") as f:
+                reader = csv.DictReader(f)
+                keys = list(dict.fromkeys([*(reader.fieldnames or []), *keys]))
+                old = list(reader)
+        tmp = csv_path.with_name(csv_path.name + ".tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows([*old, *rows])
+        tmp.replace(csv_path)
     return "\n".join(lines)
