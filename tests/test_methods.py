@@ -213,3 +213,18 @@ def test_visual_deep_prompts_and_m2pt_on_vit_families(family):
         base = loaded.model(**batch).logits
     for config in (DeepPromptConfig(length=2, tower="vision"), M2PTConfig(visual_length=2, text_length=2)):
         _assert_effect_then_exact_removal(loaded, batch, base, config)
+
+
+def test_untrained_decoder_deep_prompts_equal_shallow_prompts(images):
+    """Later layers' prompts start where layer 0's prompts arrive, so nothing of the LM is overwritten at init."""
+    loaded = make_tiny()
+    batch = loaded.processor(images, PROMPTS, ANSWERS)
+    deep = methods.apply(loaded, DeepPromptConfig(length=3, tower="lm"))
+    with torch.no_grad():
+        deep_logits = loaded.model(**batch).logits
+        first = deep.prompts[0].clone()
+    deep.remove()
+    shallow = methods.apply(loaded, PromptConfig(length=3))
+    with torch.no_grad():
+        shallow.prompt.copy_(first)
+        assert torch.allclose(loaded.model(**batch).logits, deep_logits, atol=1e-5)
