@@ -65,7 +65,8 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
                                "stages": "+".join(s["name"] for s in m.get("stages", [])),
                                "train_samples": m.get("train", {}).get("samples", "")}
         row["trainable"] = m.get("parameters", {}).get("trainable", "")
-        row.update({k: round(v, 4) for k, v in after.items() if isinstance(v, float) and "/" not in k})
+        overall = [k for k in after if "/" not in k or (k.startswith("mme/") and k.count("/") == 1)]  # not per kind
+        row.update({k: round(after[k], 4) for k in overall if isinstance(after[k], float)})
         rows.append(row)
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
