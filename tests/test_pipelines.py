@@ -71,8 +71,9 @@ def test_resume_without_checkpoint_says_so(tmp_path):
 
 def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     """torchrun, 2 gloo processes x batch 2 == 1 process x batch 4: the same samples per step, and DDP
-    averages the two halves' gradients (yes/no answers: every sample has the same number of label tokens)."""
-    common = ["data.train_size=16", "data.eval_size=0", "train.max_steps=3", "train.warmup_ratio=0"]
+    averages the two halves' gradients (yes/no answers: every sample has the same number of label tokens);
+    the sharded evaluation gives the same predictions as one process."""
+    common = ["data.train_size=16", "data.eval_size=5", "train.max_steps=3", "train.warmup_ratio=0"]
     single = run(_config(tmp_path, *common, "name=single"), progress=False)
     config = tmp_path / "c.yaml"
     config.write_text("method: {name: prefix, length: 2}\n")
@@ -86,3 +87,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     assert not (tmp_path / "ddp-2").exists()  # one run folder, written by the main process only
     a, b = _weights(Path(single["run_dir"])), _weights(tmp_path / "ddp")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # evaluation sharded over the 2 processes (3 + 2 samples), gathered back in order
+    rows = [(Path(single["run_dir"]) / "predictions_after.jsonl").read_text(),
+            (tmp_path / "ddp" / "predictions_after.jsonl").read_text()]
+    assert rows[0] == rows[1] and len(rows[0].splitlines()) == 5

@@ -126,3 +126,10 @@ def test_unreadable_image_names_file_and_record(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "rec-7" in err
+
+
+def test_unknown_eval_metric_fails_before_training(tmp_path, capsys):
+    assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", *TINY, f"output_dir={tmp_path}",
+                 "eval.metric=cider"]) == 2
+    assert "measures accuracy, vqa_accuracy, not 'cider'" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -49,15 +49,25 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_methods(folder: Path, applied: dict[str, methods.Method], base_fingerprint: str) -> None:
-    """Every applied method's parameters as ``folder/<name>.safetensors``, written atomically."""
+def save_methods(
+    folder: Path, applied: dict[str, methods.Method], base_fingerprint: str, score: dict[str, Any] | None = None
+) -> None:
+    """Every applied method's parameters as ``folder/<name>.safetensors`` (and ``score.json``), atomically."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for name, method in applied.items():
         methods.save(method, tmp / f"{name}.safetensors", base_fingerprint)
+    if score is not None:
+        (tmp / "score.json").write_text(json.dumps(score, indent=2))
     _replace_dir(tmp, folder)
+
+
+def read_best(folder: Path) -> dict[str, Any] | None:
+    """``best/score.json`` (metric, score, tag), or None."""
+    path = folder / "score.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def save_checkpoint(
@@ -87,6 +97,8 @@ def save_checkpoint(
 
 def read_state(folder: Path) -> TrainState:
     """The :class:`TrainState` of a checkpoint folder, with a clear error when there is none."""
+    if not (folder / "state.json").is_file() and (folder.with_name(folder.name + ".old") / "state.json").is_file():
+        folder.with_name(folder.name + ".old").rename(folder)  # a crash hit between the two renames of a save
     path = folder / "state.json"
     if not path.is_file():
         raise FileNotFoundError(
@@ -108,9 +120,9 @@ def load_method_weights(folder: Path, applied: dict[str, methods.Method]) -> Non
 
 def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
     """Restore optimizer, scheduler and RNG states saved by :func:`save_checkpoint`."""
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    rng = torch.load(folder / "rng.pt", weights_only=False)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False))
+    rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])

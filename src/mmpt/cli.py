@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="?", default="Describe the image briefly.", help="question or instruction")
     p.add_argument("--model", default="mmpt-tiny", help="registered model, local folder or cached hub id")
     p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present)")
-    p.add_argument("--task", default="vqa", choices=["vqa", "caption", "ve", "refexp", "instruct"])
+    p.add_argument("--task", default=None, choices=["vqa", "caption", "ve", "refexp", "instruct"],
+                   help="default: the run's task, else vqa")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=None, help="beam size (default: 5 for captions, else 1)")
     p.set_defaults(func=_cmd_predict)

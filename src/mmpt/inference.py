@@ -7,13 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mmpt import methods, models
 from mmpt.config import ConfigError
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
-from mmpt.evaluate import predict, rank_candidates
 from mmpt.runconfig import EvalConfig, ModelConfig, load_run_config, smoke
-from mmpt.tasks import candidates_of, evaluate_task
+from mmpt.tasks import evaluate_task, predict_task
 
 
 def run_methods(run_dir: str | Path) -> list[Path]:
@@ -23,12 +24,16 @@ def run_methods(run_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{run_dir} is not an mmpt run folder (no config.yaml)")
     config = load_run_config(run_dir / "config.yaml")
     names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
-    folder = run_dir / "best" if (run_dir / "best").is_dir() else run_dir
-    missing = [n for n in names if not (folder / f"{n}.safetensors").is_file()]
+    best = run_dir / "best"
+    if best.is_dir():  # the model as it was at the best evaluation (maybe an earlier stage: fewer methods)
+        present = [best / f"{n}.safetensors" for n in names if (best / f"{n}.safetensors").is_file()]
+        if present:
+            return present
+    missing = [n for n in names if not (run_dir / f"{n}.safetensors").is_file()]
     if missing:
-        raise FileNotFoundError(f"{folder} lacks {', '.join(n + '.safetensors' for n in missing)}: the run did not "
+        raise FileNotFoundError(f"{run_dir} lacks {', '.join(n + '.safetensors' for n in missing)}: the run did not "
                                 "finish (resume it with mmpt train --resume)")
-    return [folder / f"{n}.safetensors" for n in names]
+    return [run_dir / f"{n}.safetensors" for n in names]
 
 
 def model_kwargs(model: ModelConfig) -> dict[str, Any]:
@@ -42,6 +47,7 @@ def model_kwargs(model: ModelConfig) -> dict[str, Any]:
 def load_with_run(model: str, run_dir: str | Path | None, **kwargs: Any) -> models.LoadedModel:
     """Load ``model`` and apply the methods trained in ``run_dir`` (checked against the base fingerprint)."""
     loaded = models.load(model, **kwargs)
+    loaded.model.to("cuda" if torch.cuda.is_available() else "cpu")
     if run_dir is not None:
         for path in run_methods(run_dir):
             methods.load(loaded, path)
@@ -81,7 +87,7 @@ def predict_one(
     prompt: str,
     model: str = "mmpt-tiny",
     run_dir: str | Path | None = None,
-    task: str = "vqa",
+    task: str | None = None,
     max_new_tokens: int = 32,
     num_beams: int | None = None,
 ) -> str:
@@ -89,13 +95,13 @@ def predict_one(
     if not Path(image).is_file():
         raise FileNotFoundError(f"image {image} not found")
     kwargs: dict[str, Any] = {}
-    if run_dir is not None:  # the run's own base model
-        model_config = load_run_config(Path(run_dir) / "config.yaml").model
-        model, kwargs = model_config.name, model_kwargs(model_config)
+    eval_config = EvalConfig(batch_size=1, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    if run_dir is not None:  # the run's own base model, task and answer candidates
+        run_config = load_run_config(Path(run_dir) / "config.yaml")
+        model, kwargs = run_config.model.name, model_kwargs(run_config.model)
+        task = task or run_config.task
+        eval_config = replace(eval_config, candidates=run_config.eval.candidates)
     loaded = load_with_run(model, run_dir, **kwargs)
     sample = Sample(Path(image), prompt, "")
-    candidates = candidates_of(EvalConfig(), task)
-    if candidates is not None:
-        return rank_candidates(loaded.model, loaded.processor, [sample], candidates, progress=False)[0]
-    beams = num_beams or (5 if task == "caption" else 1)
-    return predict(loaded.model, loaded.processor, [sample], 1, max_new_tokens, progress=False, num_beams=beams)[0]
+    # an answer head, ranked candidates or generation: as the run's evaluation does it
+    return predict_task(task or "vqa", loaded.model, loaded.processor, [sample], eval_config, progress=False)[0]

@@ -19,6 +19,8 @@ instruct    generation                                         ``accuracy``; wit
 from __future__ import annotations
 
 import contextlib
+import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -37,7 +39,17 @@ from mmpt.runconfig import EvalConfig
 MAIN_METRIC = {"vqa": "accuracy", "caption": "cider", "ve": "accuracy", "refexp": "acc@0.5", "instruct": "accuracy"}
 """The metric that picks the best checkpoint unless ``eval.metric`` names another (higher is better)."""
 
+TASK_METRICS = {
+    "vqa": {"accuracy", "vqa_accuracy"},
+    "caption": {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "spice"},
+    "ve": {"accuracy"},
+    "refexp": {"acc@0.5", "miou"},
+    "instruct": {"accuracy"},
+}
+"""Overall metrics each task can report (``eval.metric`` may also name a per-kind one, e.g. ``accuracy/color``)."""
+
 VE_CANDIDATES = ("yes", "maybe", "no")
+log = logging.getLogger("mmpt")
 
 
 @dataclass
@@ -91,8 +103,43 @@ def task_metrics(task: str, samples: Sequence[Sample], predictions: Sequence[str
         metrics.update(vqa_scores(predictions, [s.references for s in samples], [s.kind for s in samples]))
     if task == "instruct" and config.mme:
         records = [(s.kind or "all", str(s.image_id), p, s.target) for s, p in zip(samples, predictions, strict=True)]
+        per_image = Counter((r[0], r[1]) for r in records)
+        odd = sum(n != 2 for n in per_image.values())
+        if odd:
+            log.warning("MME scoring: %d of %d images do not have exactly 2 questions (accuracy+ needs the pair; "
+                        "keep data.eval_size: null)", odd, len(per_image))
         metrics.update(mme_scores(records))
     return metrics
+
+
+def predict_task(
+    task: str,
+    model: nn.Module,
+    processor: Any,
+    samples: Sequence[Sample],
+    config: EvalConfig,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    progress: bool = True,
+) -> list[str]:
+    """The predictions for ``samples``: the answer head's class, a ranked candidate, or generated text."""
+    candidates = candidates_of(config, task)
+    head = getattr(model, f"{ATTACH_PREFIX}answer_head", None)
+    if head is not None:  # VQA as classification over the head's answer list
+        return classify(model, processor, samples, head, config.batch_size, autocast, progress)
+    if candidates is not None:
+        return rank_candidates(model, processor, samples, candidates, config.batch_size, autocast, progress)
+    beams = config.num_beams or (5 if task == "caption" else 1)
+    return predict(model, processor, samples, config.batch_size, config.max_new_tokens, autocast, progress,
+                   num_beams=beams)
+
+
+def evaluation(task: str, samples: Sequence[Sample], predictions: Sequence[str], config: EvalConfig) -> Evaluation:
+    """Metrics and per-sample rows for ``predictions``."""
+    rows = [
+        {"id": s.id, "image_id": s.image_id, "prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}
+        for s, p in zip(samples, predictions, strict=True)
+    ]
+    return Evaluation(task_metrics(task, samples, predictions, config), rows)
 
 
 def evaluate_task(
@@ -105,21 +152,8 @@ def evaluate_task(
     progress: bool = True,
 ) -> Evaluation:
     """Predict ``samples`` as ``task`` and ``config`` say, and score the predictions."""
-    candidates = candidates_of(config, task)
-    head = getattr(model, f"{ATTACH_PREFIX}answer_head", None)
-    if head is not None:  # VQA as classification over the head's answer list
-        predictions = classify(model, processor, samples, head, config.batch_size, autocast, progress)
-    elif candidates is not None:
-        predictions = rank_candidates(model, processor, samples, candidates, config.batch_size, autocast, progress)
-    else:
-        beams = config.num_beams or (5 if task == "caption" else 1)
-        predictions = predict(model, processor, samples, config.batch_size, config.max_new_tokens, autocast,
-                              progress, num_beams=beams)
-    rows = [
-        {"id": s.id, "image_id": s.image_id, "prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}
-        for s, p in zip(samples, predictions, strict=True)
-    ]
-    return Evaluation(task_metrics(task, samples, predictions, config), rows)
+    predictions = predict_task(task, model, processor, samples, config, autocast, progress)
+    return evaluation(task, samples, predictions, config)
 
 
 def main_metric(task: str, config: EvalConfig) -> str:

@@ -22,7 +22,7 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -31,6 +31,7 @@ from mmpt.checkpoint import (
     TrainState,
     load_method_weights,
     load_optimizer_state,
+    read_best,
     read_state,
     save_checkpoint,
     save_methods,
@@ -45,7 +46,7 @@ from mmpt.models.hf_processor import HFProcessor
 from mmpt.report import write_report
 from mmpt.runconfig import RunConfig, StageConfig, TrainConfig
 from mmpt.scst import CiderD, SCSTCollator, group_by_image, scst_loss
-from mmpt.tasks import evaluate_task, main_metric
+from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
 
 log = logging.getLogger("mmpt")
 
@@ -143,6 +144,16 @@ def fresh_file(path: Path) -> Path:
     return out
 
 
+def check_metric(config: RunConfig) -> None:
+    """Fail before training when ``eval.metric`` names nothing the task measures."""
+    metric = config.eval.metric
+    if metric is None or "/" in metric:  # per-kind metrics depend on the data; checked at evaluation
+        return
+    known = TASK_METRICS[config.task] | ({"mme/acc", "mme/acc_plus", "mme/score"} if config.eval.mme else set())
+    if metric not in known:
+        raise ConfigError(f"eval.metric: task {config.task} measures {', '.join(sorted(known))}, not '{metric}'")
+
+
 def has_accelerator() -> bool:
     """Whether a GPU (CUDA/ROCm), Apple MPS or Intel XPU device is available."""
     xpu = getattr(torch, "xpu", None)
@@ -180,14 +191,22 @@ class Run:
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """Evaluate, write ``predictions_<tag>.jsonl``, log to TensorBoard, keep ``best/`` up to date."""
-        cfg = self.config
-        result = evaluate_task(cfg.task, self.loaded.model, self.loaded.processor, self.eval_samples, cfg.eval,
-                               self.accelerator.autocast, self.progress and self.main)
+        cfg, acc, samples = self.config, self.accelerator, self.eval_samples
+        model, processor, show = self.loaded.model, self.loaded.processor, self.progress and self.main
+        if acc.num_processes > 1:  # each process predicts its share; the metrics see all predictions
+            with acc.split_between_processes(list(range(len(samples)))) as share:
+                mine = predict_task(cfg.task, model, processor, [samples[i] for i in share], cfg.eval,
+                                    acc.autocast, show)
+                pairs = gather_object(list(zip(share, mine, strict=True)))
+            predictions = [p for _, p in sorted(pairs)]
+        else:
+            predictions = predict_task(cfg.task, model, processor, samples, cfg.eval, acc.autocast, show)
+        result = evaluation(cfg.task, samples, predictions, cfg.eval)
         metric = main_metric(cfg.task, cfg.eval)
-        if metric not in result.metrics:
-            raise ConfigError(f"eval.metric: '{metric}' is not measured by task {cfg.task}; "
-                              f"choose one of {', '.join(sorted(result.metrics))}")
-        score = result.metrics[metric]
+        score = result.metrics.get(metric, float("nan"))
+        if metric not in result.metrics:  # e.g. a per-kind metric this evaluation set lacks: keep going
+            log.warning("eval.metric '%s' was not measured (have %s); best/ is not updated", metric,
+                        ", ".join(sorted(result.metrics)))
         if self.main:
             with open(fresh_file(self.out_dir / f"predictions_{tag}.jsonl"), "w") as f:
                 for row in result.rows:
@@ -195,9 +214,10 @@ class Run:
             if self.tensorboard is not None:
                 for k, v in result.metrics.items():
                     self.tensorboard.add_scalar(f"eval/{k}", v, self.state.seen)
-            better = self.state.best_score is None or score > self.state.best_score
+            better = metric in result.metrics and (self.state.best_score is None or score > self.state.best_score)
             if tag != "before" and self.applied and better:
-                save_methods(self.out_dir / "best", self.applied, self.base_fingerprint)
+                save_methods(self.out_dir / "best", self.applied, self.base_fingerprint,
+                             {"metric": metric, "score": score, "tag": tag})
                 self.state.best_score, self.state.best_step = score, tag
         self.accelerator.print(f"mmpt: eval {tag}: {metric} {score:.4f}")
         return result.metrics
@@ -232,6 +252,9 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     )
     set_seed(config.seed)
     train_samples, eval_samples = build_data(config.data, config.seed)  # bad data fails before any folder exists
+    if not train_samples:
+        raise ConfigError("data: no training samples; give data.train (mmpt eval evaluates without training)")
+    check_metric(config)
     if resume is not None:
         out_dir = Path(resume)
     else:  # the main process picks a fresh folder; the others learn its name (nothing is written twice)
@@ -254,6 +277,10 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     loaded.model.to(accelerator.device)
     say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset}), "
         f"task {config.task}")
+    if resume is not None:  # best/ may be newer than the checkpoint
+        best = read_best(out_dir / "best")
+        if best is not None and (state.best_score is None or best["score"] > state.best_score):
+            state.best_score, state.best_step = best["score"], best["tag"]
     ctx = Run(config, accelerator, loaded, out_dir, eval_samples, methods.fingerprint(loaded.model), state,
               progress, tensorboard=tensorboard_writer(out_dir / "tensorboard") if main else None)
     metrics = state.metrics
