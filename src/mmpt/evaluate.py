@@ -6,7 +6,7 @@ import contextlib
 import re
 import string
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -47,6 +47,25 @@ def _batch(processor: VLMProcessor, chunk: Sequence[Sample], answers: Sequence[s
     return processor([open_image(s.image, s) for s in chunk], [s.prompt for s in chunk], answers, contexts)
 
 
+def _in_batches(
+    model: nn.Module, processor: Any, samples: Sequence[Sample], batch_size: int, desc: str, progress: bool
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Model inputs for consecutive chunks of ``samples`` on the model's device, the model in eval mode
+    meanwhile (its mode is restored afterwards) and a progress bar over samples."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(samples), desc=desc, unit="sample", disable=not progress, leave=False)
+    try:
+        for start in range(0, len(samples), batch_size):
+            chunk = samples[start : start + batch_size]
+            yield {k: v.to(device) for k, v in _batch(processor, chunk).items()}
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+
+
 @torch.no_grad()
 def predict(
     model: nn.Module,
@@ -59,25 +78,16 @@ def predict(
     num_beams: int = 1,
 ) -> list[str]:
     """Generated answers for ``samples``, in order: greedy, or beam search with ``num_beams > 1``."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    ends = getattr(processor, "generation_kwargs", None)  # HF processors: the family's pad/eos tokens
+    if ends is None:
+        ends = {"pad_token_id": processor.pad_token_id, "eos_token_id": processor.tokenizer.eos_token_id}
     out: list[str] = []
-    bar = tqdm(total=len(samples), desc="eval", unit="sample", disable=not progress, leave=False)
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in _batch(processor, chunk).items()}
-        ends = getattr(processor, "generation_kwargs", None)  # HF processors: the family's pad/eos tokens
-        if ends is None:
-            ends = {"pad_token_id": processor.pad_token_id, "eos_token_id": processor.tokenizer.eos_token_id}
+    for batch in _in_batches(model, processor, samples, batch_size, "eval", progress):
         with autocast():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, **ends)
         if hasattr(processor, "generated_tokens"):  # HF decoder-only models return prompt + continuation
             ids = processor.generated_tokens(ids, batch["input_ids"])
         out.extend(processor.decode(ids))
-        bar.update(len(chunk))
-    bar.close()
-    model.train(was_training)
     return out
 
 
@@ -137,21 +147,12 @@ def classify(
     progress: bool = True,
 ) -> list[str]:
     """The ``answer_head`` method's answer (argmax over its answer list) for each sample."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     out: list[str] = []
-    bar = tqdm(total=len(samples), desc="classify", unit="sample", disable=not progress, leave=False)
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in _batch(processor, chunk).items()}
+    for batch in _in_batches(model, processor, samples, batch_size, "classify", progress):
         with autocast():
             model(**batch, use_cache=False)
             logits = head.logits()
         out.extend(head.answers[i] for i in logits.argmax(-1).tolist())
-        bar.update(len(chunk))
-    bar.close()
-    model.train(was_training)
     return out
 
 
