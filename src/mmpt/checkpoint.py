@@ -70,6 +70,14 @@ def read_best(folder: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def rng_state() -> dict[str, Any]:
+    """This process's Python, NumPy, torch (and CUDA) random states."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
+    return rng
+
+
 def save_checkpoint(
     folder: Path,
     applied: dict[str, methods.Method],
@@ -77,20 +85,19 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None,
     scheduler: Any,
     state: TrainState,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> None:
     """Write the resumable state to ``folder`` (atomically: the previous checkpoint survives a crash).
 
     Without an optimizer (between stages, which each start a fresh one) only weights, RNG and state are kept.
+    ``rng_states`` holds one :func:`rng_state` per process (index = process rank); default: this process's.
     """
     tmp = folder.with_name(folder.name + ".tmp")
     save_methods(tmp, applied, base_fingerprint)
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
+    torch.save(rng_states if rng_states is not None else [rng_state()], tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
     _replace_dir(tmp, folder)
 
@@ -118,13 +125,14 @@ def load_method_weights(folder: Path, applied: dict[str, methods.Method]) -> Non
         method.load_state_dict(load_file(str(path), device=str(device)))
 
 
-def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    """Restore optimizer, scheduler and RNG states saved by :func:`save_checkpoint`."""
+def load_optimizer_state(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, rank: int = 0) -> None:
+    """Restore optimizer, scheduler and (this process's) RNG states saved by :func:`save_checkpoint`."""
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", map_location="cpu", weights_only=False))
-    rng = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
+    states = torch.load(folder / "rng.pt", map_location="cpu", weights_only=False)
+    rng = states[rank] if rank < len(states) else states[0]  # resumed on more processes: reuse rank 0's
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.cuda.set_rng_state(rng["cuda"], torch.cuda.current_device())

@@ -33,6 +33,7 @@ from mmpt.checkpoint import (
     load_optimizer_state,
     read_best,
     read_state,
+    rng_state,
     save_checkpoint,
     save_methods,
 )
@@ -223,10 +224,13 @@ class Run:
         return result.metrics
 
     def checkpoint(self, optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
-        """Save the resumable state to ``checkpoint/`` (main process; the others wait)."""
+        """Save the resumable state to ``checkpoint/`` (written by the main process, with every process's RNG)."""
+        states = [rng_state()]
+        if self.accelerator.num_processes > 1:
+            states = gather_object(states)  # in rank order
         if self.main:
             save_checkpoint(self.out_dir / "checkpoint", self.applied, self.base_fingerprint, optimizer, scheduler,
-                            self.state)
+                            self.state, states)
         self.accelerator.wait_for_everyone()
 
 
@@ -368,7 +372,7 @@ def train_stage(
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(tc.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, min(warmup, total), total))
     if resuming:
-        load_optimizer_state(ctx.out_dir / "checkpoint", optimizer, scheduler)
+        load_optimizer_state(ctx.out_dir / "checkpoint", optimizer, scheduler, accelerator.process_index)
 
     main = ctx.main
     bar = tqdm(total=total, initial=state.step, desc=stage.name, unit="step", disable=not (ctx.progress and main))

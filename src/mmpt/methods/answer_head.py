@@ -86,14 +86,18 @@ class AnswerHeadMethod(nn.Module):
 
     def _pool(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        mask_fits = self._mask is not None and self._mask.shape[1] == hidden.shape[1]
-        if self.config.pooling == "last" and mask_fits:  # the last real token, whichever side the padding is on
-            last = self._mask.shape[1] - 1 - self._mask.flip(-1).argmax(-1)  # type: ignore[union-attr]
-            self._pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last.to(hidden.device)]
-        elif self.config.pooling == "last" or not mask_fits:
-            self._pooled = hidden[:, -1]  # no padding mask: every row ends at the last position
+        mask = self._mask
+        if mask is None:  # no padding: every row ends at the last position
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+        # input-prompt methods on the same tower put their tokens first: align the mask with the hidden states
+        extra = mask.shape[1] - hidden.shape[1]
+        mask = mask[:, extra:] if extra > 0 else torch.cat([mask.new_ones(mask.shape[0], -extra), mask], dim=1)
+        mask = mask.to(hidden.device)
+        if self.config.pooling == "last":  # the last real token, whichever side the padding is on
+            last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
+            self._pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
         else:
-            weights = self._mask.to(hidden.dtype).unsqueeze(-1)
+            weights = mask.to(hidden.dtype).unsqueeze(-1)
             self._pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
 
     def logits(self) -> torch.Tensor:
