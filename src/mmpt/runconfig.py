@@ -49,11 +49,9 @@ class SourceConfig:
     limit: int | None = None
 
     def validate(self) -> None:
-        needs = {
-            "coco-karpathy": ("path", "images", "split"), "flickr30k-karpathy": ("path", "images", "split"),
-            "vqav2": ("questions", "images"), "snli-ve": ("path", "images"), "llava": ("path", "images"),
-            "refcoco": ("refs", "instances", "images", "split"), "jsonl": ("path",),
-        }[self.format]
+        from mmpt.data.sources import OPTIONAL_KEYS, READER_KEYS
+
+        needs = [k for k in READER_KEYS[self.format] if (self.format, k) not in OPTIONAL_KEYS]
         missing = [k for k in needs if not getattr(self, k)]
         check(not missing, f"format {self.format} needs {', '.join(needs)}; missing {', '.join(missing)}")
         check(self.limit is None or self.limit > 0, f"limit: must be positive or null, got {self.limit}")

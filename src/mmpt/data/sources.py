@@ -16,19 +16,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mmpt")
 
-# SourceConfig keys each reader takes (besides on_error / limit / prompt template)
-_ARGS = {
+# SourceConfig keys each reader takes (besides on_error / limit / prompt template); all required but OPTIONAL
+READER_KEYS = {
     "coco-karpathy": ("path", "images", "split"), "flickr30k-karpathy": ("path", "images", "split"),
     "vqav2": ("questions", "annotations", "images"), "snli-ve": ("path", "images"),
     "refcoco": ("refs", "instances", "images", "split"), "llava": ("path", "images"), "jsonl": ("path", "images"),
 }
+OPTIONAL_KEYS = {("vqav2", "annotations"), ("jsonl", "images")}  # test-dev has no answers; JSONL paths may be absolute
 _TEMPLATE_ARG = {"coco-karpathy": "prompt", "flickr30k-karpathy": "prompt", "vqav2": "prompt_template",
                  "snli-ve": "prompt_template", "refcoco": "prompt_template"}
 
 
 def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
     """Samples of one :class:`~mmpt.runconfig.SourceConfig`; skipped records are counted in a warning."""
-    kwargs: dict[str, Any] = {k: getattr(source, k) or None for k in _ARGS[source.format]}
+    kwargs: dict[str, Any] = {k: getattr(source, k) or None for k in READER_KEYS[source.format]}
     if source.format in _TEMPLATE_ARG and source.prompt_template:
         kwargs[_TEMPLATE_ARG[source.format]] = source.prompt_template
     if source.format == "jsonl" and kwargs["images"] is None:
