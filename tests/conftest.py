@@ -15,6 +15,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="session")
+def base_tokenizer():
+    """The embedded SmolLM2 tokenizer (HF processors of the tiny family models are built on copies of it)."""
+    from transformers import AutoTokenizer
+
+    from mmpt.models.tiny import smollm2_folder
+
+    return AutoTokenizer.from_pretrained(smollm2_folder())
+
+
+@pytest.fixture(scope="session")
 def real_model():
     """The embedded pretrained mmpt-tiny (built into the user cache on first use)."""
     from mmpt.models import load

@@ -45,15 +45,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def base_tokenizer():
-    from transformers import AutoTokenizer
-
-    from mmpt.models.tiny import smollm2_folder
-
-    return AutoTokenizer.from_pretrained(smollm2_folder())
-
-
 def _llama(tok, **kw):
     from transformers import LlamaConfig
 

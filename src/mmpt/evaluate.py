@@ -92,51 +92,6 @@ def predict(
 
 
 @torch.no_grad()
-def rank_candidates(
-    model: nn.Module,
-    processor: VLMProcessor,
-    samples: Sequence[Sample],
-    candidates: Sequence[str],
-    batch_size: int = 16,
-    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-    progress: bool = True,
-) -> list[str]:
-    """For each sample, the candidate answer with the highest log-likelihood (OFA's all-candidate evaluation).
-
-    A candidate's score is the summed log-probability of its tokens and the end-of-turn token, so "yes" and
-    "yes it is" are told apart. Costs one forward pass per (sample, candidate) pair, ``batch_size`` at a time.
-    """
-    if not candidates:
-        raise ValueError("rank_candidates needs at least one candidate answer")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out: list[str] = []
-    bar = tqdm(total=len(samples), desc="rank", unit="sample", disable=not progress, leave=False)
-    for sample in samples:
-        scores: list[torch.Tensor] = []
-        for start in range(0, len(candidates), batch_size):
-            chunk = list(candidates[start : start + batch_size])
-            batch = {k: v.to(device) for k, v in _batch(processor, [sample] * len(chunk), chunk).items()}
-            labels = batch.pop("labels")
-            if getattr(processor, "is_encoder_decoder", False):  # decoder logits line up with the labels
-                with autocast():
-                    logits = model(**batch, labels=labels, use_cache=False).logits.float()
-                logp, target = torch.log_softmax(logits, dim=-1), labels
-            else:  # causal LM: position t predicts token t + 1
-                with autocast():
-                    logits = model(**batch, use_cache=False).logits.float()
-                logp, target = torch.log_softmax(logits[:, :-1], dim=-1), labels[:, 1:]
-            picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            scores.append((picked * (target >= 0)).sum(-1).cpu())
-        out.append(candidates[int(torch.cat(scores).argmax())])
-        bar.update(1)
-    bar.close()
-    model.train(was_training)
-    return out
-
-
-@torch.no_grad()
 def classify(
     model: nn.Module,
     processor: VLMProcessor,

@@ -160,6 +160,8 @@ class EvalConfig:
         num_beams: beam size; null means the task's default (5 for captions as in OFA, else 1 = greedy).
         candidates: rank these answers by likelihood instead of generating (OFA's all-candidate evaluation):
             a list, or a text file with one answer per line. Visual entailment defaults to yes/maybe/no.
+        candidate_batch_size: candidates scored in one forward pass; the image and prompt are computed once per
+            sample and shared by all (see ``mmpt.ranking``), so this can be much larger than ``batch_size``.
         before: also evaluate before training (zero-shot).
         metric: the metric that selects the best checkpoint (null: the task's main metric).
         spice: also compute SPICE for captions (needs Stanford CoreNLP; skipped with a warning when missing).
@@ -170,6 +172,7 @@ class EvalConfig:
     max_new_tokens: int = 8
     num_beams: int | None = None
     candidates: list[str] | str | None = None
+    candidate_batch_size: int = 128
     before: bool = True
     metric: str | None = None
     spice: bool = False
@@ -179,6 +182,8 @@ class EvalConfig:
         check(self.batch_size > 0, f"batch_size: must be positive, got {self.batch_size}")
         check(self.max_new_tokens > 0, f"max_new_tokens: must be positive, got {self.max_new_tokens}")
         check(self.num_beams is None or self.num_beams > 0, f"num_beams: must be positive, got {self.num_beams}")
+        check(self.candidate_batch_size > 0,
+              f"candidate_batch_size: must be positive, got {self.candidate_batch_size}")
 
 
 @dataclass

@@ -117,8 +117,10 @@ class PromptMethod(nn.Module):
                 # continue from where prefill ended; callers differ in whether their positions count the
                 # cached prompt (HF generate() counts from the mask, PaliGemma from the cache length)
                 following = getattr(cache, f"{self._mark}_next", None)
-                if following is not None and following.shape[0] == positions.shape[0]:
+                if following is not None and following.shape[0] in (1, positions.shape[0]):
+                    # (one row: a cache copied to a batch of continuations, e.g. candidate ranking)
                     q = positions.shape[-1]
+                    following = following.expand(positions.shape[0], -1)
                     call.set("position_ids", following + torch.arange(q, device=positions.device))
                     setattr(cache, f"{self._mark}_next", following + q)
                 else:

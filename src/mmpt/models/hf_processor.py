@@ -198,21 +198,27 @@ class Strategy:
 
     Attributes:
         encode: ``(processor, images, prompts, answers, contexts) -> batch``.
+        answer: ``(processor, answer) -> token ids`` the answer (with its end token) adds after the generation
+            prompt, or decoder targets for encoder-decoder models; raises NotImplementedError where impossible.
         render: conversation text of decoder-only families (:func:`encode_decoder_only`).
         multi_turn: whether ``contexts`` are supported.
         is_encoder_decoder: labels are decoder targets (not aligned with ``input_ids``).
         add_special_tokens: passed to the tokenizer; None: unless the text already starts with bos.
         generation_suffix: tokenizer attribute naming a token appended to prompts without answers (BLIP: sep).
         padding_side: ``left`` (decoder-only: the same batch serves training and generation) or ``right``.
+        continue_with: submodule that continues a sequence from its KV cache without image inputs, where the
+            whole model cannot (BLIP-2's forward always encodes pixels); empty: the whole model.
     """
 
     encode: Callable[..., dict[str, torch.Tensor]]
+    answer: Callable[[Any, str], list[int]]
     render: Render | None = None
     multi_turn: bool = False
     is_encoder_decoder: bool = False
     add_special_tokens: bool | None = None
     generation_suffix: str = ""
     padding_side: str = "left"
+    continue_with: str = ""
 
 
 ImageList = Sequence[Image.Image | np.ndarray] | None
@@ -272,9 +278,7 @@ def encode_florence2(
     """Florence-2: the processor encodes image + prompt; labels are ``<s> answer </s>`` decoder targets."""
     batch = _hf_call(hp, images, list(prompts))
     if answers is not None:
-        tok = hp.tokenizer
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        rows = [bos + list(tok(a, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id] for a in answers]
+        rows = [answer_florence2(hp, a) for a in answers]
         labels = torch.full((len(rows), max(len(r) for r in rows)), IGNORE_INDEX, dtype=torch.long)
         for i, row in enumerate(rows):
             labels[i, : len(row)] = torch.tensor(row)
@@ -282,13 +286,38 @@ def encode_florence2(
     return batch
 
 
+def answer_decoder_only(hp: HFProcessor, answer: str) -> list[int]:
+    """The tokens an answer adds after the generation prompt (its end token included), as labelled in training."""
+    if hp.strategy.render is None or hp.strategy.generation_suffix:
+        raise NotImplementedError(f"family '{hp.family}' generates from a prompt that training does not use "
+                                  "(its generation prompt ends with a suffix); answers cannot be tokenized alone")
+    text, spans = conversation(hp.strategy.render, hp.hf, [("?", answer)], False)
+    _, labels = label_text(hp.tokenizer, text, spans)
+    return [t for t in labels if t != IGNORE_INDEX]
+
+
+def answer_paligemma(hp: HFProcessor, answer: str) -> list[int]:
+    """PaliGemma's suffix tokens: the answer + eos encoded as the processor's second text (token type 1)."""
+    tok = hp.tokenizer
+    out = tok(["?"], text_pair=[answer + str(tok.eos_token)], return_token_type_ids=True)
+    return [t for t, kind in zip(out["input_ids"][0], out["token_type_ids"][0], strict=True) if kind == 1]
+
+
+def answer_florence2(hp: HFProcessor, answer: str) -> list[int]:
+    """Florence-2's decoder targets ``<s> answer </s>``."""
+    tok = hp.tokenizer
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return bos + list(tok(answer, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id]
+
+
 STRATEGIES: dict[str, Strategy] = {
-    "llava": Strategy(encode_decoder_only, render_chat, multi_turn=True),
-    "idefics3": Strategy(encode_decoder_only, render_chat, multi_turn=True),
-    "blip2": Strategy(encode_decoder_only, render_blip2),
-    "blip": Strategy(encode_decoder_only, render_blip, add_special_tokens=False, generation_suffix="sep_token"),
-    "paligemma": Strategy(encode_paligemma),
-    "florence2": Strategy(encode_florence2, is_encoder_decoder=True, padding_side="right"),
+    "llava": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "idefics3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "blip2": Strategy(encode_decoder_only, answer_decoder_only, render_blip2, continue_with="language_model"),
+    "blip": Strategy(encode_decoder_only, answer_decoder_only, render_blip, add_special_tokens=False,
+                     generation_suffix="sep_token"),
+    "paligemma": Strategy(encode_paligemma, answer_paligemma),
+    "florence2": Strategy(encode_florence2, answer_florence2, is_encoder_decoder=True, padding_side="right"),
 }
 
 
@@ -313,7 +342,7 @@ class HFProcessor:
         strategy = STRATEGIES[family]
         if strategy.render is render_chat and not getattr(processor, "chat_template", None):
             fallback = render_llava_plain if family == "llava" else render_no_template
-            strategy = Strategy(encode_decoder_only, fallback, multi_turn=True)
+            strategy = Strategy(encode_decoder_only, answer_decoder_only, fallback, multi_turn=True)
         self.hf = processor
         self.family = family
         self.strategy = strategy
@@ -353,6 +382,16 @@ class HFProcessor:
             raise ValueError(f"family '{self.family}' has no multi-turn format; contexts work with "
                              f"{', '.join(k for k, s in STRATEGIES.items() if s.multi_turn)}")
         return self.strategy.encode(self, images, prompts, answers, contexts)
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids of ``answer`` with its end token, as they follow the generation prompt (decoder-only) or as
+        decoder targets (encoder-decoder); what candidate ranking scores. NotImplementedError for BLIP."""
+        return self.strategy.answer(self, answer)
+
+    @property
+    def continue_with(self) -> str:
+        """Path of the submodule that continues from a KV cache without pixels (``""``: the whole model)."""
+        return self.strategy.continue_with
 
     @property
     def end_token_ids(self) -> list[int]:

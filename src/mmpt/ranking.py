@@ -1,0 +1,204 @@
+"""All-candidate answer ranking (OFA's VQA evaluation): score every answer of a fixed list, keep the most likely.
+
+A candidate's score is the summed log-probability of its tokens and its end-of-answer token given the sample's
+prompt, so "yes" and "yes it is" are told apart. Two ways to compute it, equal up to float rounding:
+
+- **prompt reuse** (default where the processor can tokenize an answer on its own, ``processor.answer_ids``):
+  the image and prompt go through the model once per sample; every candidate then continues from that state —
+  a decoder-only model's KV cache copied to a batch of candidates, an encoder-decoder's encoder output reused
+  by the decoder. The candidate list is tokenized once. Cost per sample: one prompt forward + the candidates'
+  few tokens, so VQAv2's 3,129 answers stay affordable.
+- **full forward** (``reuse_prompt=False``, and the fallback for processors without ``answer_ids``, e.g. BLIP):
+  one forward pass of image + prompt + answer per (sample, candidate) pair, as training sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmpt.data import Sample
+from mmpt.evaluate import open_image
+
+Autocast = Callable[[], AbstractContextManager[Any]]
+
+
+def can_reuse_prompt(processor: Any) -> bool:
+    """Whether ``processor`` tokenizes answers on their own (``answer_ids``), which prompt reuse needs."""
+    try:
+        processor.answer_ids("yes")
+    except (AttributeError, NotImplementedError):
+        return False
+    return True
+
+
+@torch.no_grad()
+def candidate_scores(
+    model: nn.Module,
+    processor: Any,
+    samples: Sequence[Sample],
+    candidates: Sequence[str],
+    batch_size: int = 16,
+    autocast: Autocast = contextlib.nullcontext,
+    progress: bool = True,
+    reuse_prompt: bool | None = None,
+) -> torch.Tensor:
+    """Log-likelihood of every candidate for every sample, shape ``(len(samples), len(candidates))``.
+
+    Args:
+        batch_size: candidates scored in one forward pass.
+        reuse_prompt: compute the prompt once per sample (see the module docstring); ``None`` picks it whenever
+            the processor supports it.
+    """
+    if not candidates:
+        raise ValueError("ranking needs at least one candidate answer (eval.candidates)")
+    if reuse_prompt is None:
+        reuse_prompt = can_reuse_prompt(processor)
+    elif reuse_prompt and not can_reuse_prompt(processor):
+        raise ValueError(f"{type(processor).__name__} cannot tokenize answers on their own (answer_ids); "
+                         "rank with reuse_prompt=False")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    answers = _answer_tensors(processor, candidates, device) if reuse_prompt else None
+    rows: list[torch.Tensor] = []
+    bar = tqdm(total=len(samples), desc="rank", unit="sample", disable=not progress, leave=False)
+    try:
+        for sample in samples:
+            if answers is None:
+                rows.append(_full_forward_scores(model, processor, sample, candidates, batch_size, autocast, device))
+            else:
+                rows.append(_reuse_scores(model, processor, sample, answers, batch_size, autocast, device))
+            bar.update(1)
+    finally:
+        bar.close()
+        model.train(was_training)
+    return torch.stack(rows) if rows else torch.empty(0, len(candidates))
+
+
+def rank_candidates(
+    model: nn.Module,
+    processor: Any,
+    samples: Sequence[Sample],
+    candidates: Sequence[str],
+    batch_size: int = 16,
+    autocast: Autocast = contextlib.nullcontext,
+    progress: bool = True,
+    reuse_prompt: bool | None = None,
+) -> list[str]:
+    """For each sample, the candidate answer with the highest log-likelihood (see :func:`candidate_scores`)."""
+    scores = candidate_scores(model, processor, samples, candidates, batch_size, autocast, progress, reuse_prompt)
+    return [candidates[i] for i in scores.argmax(-1).tolist()]
+
+
+def _prompt_batch(processor: Any, sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
+    contexts = [sample.context] if sample.context else None
+    batch = processor([open_image(sample.image, sample)], [sample.prompt], None, contexts)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _answer_tensors(processor: Any, candidates: Sequence[str], device: torch.device) -> torch.Tensor:
+    """The candidates' token ids (answer + end token), right-padded with -1."""
+    rows = [list(processor.answer_ids(c)) for c in candidates]
+    ids = torch.full((len(rows), max(len(r) for r in rows)), -1, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return ids.to(device)
+
+
+def _reuse_scores(
+    model: nn.Module,
+    processor: Any,
+    sample: Sample,
+    answers: torch.Tensor,
+    batch_size: int,
+    autocast: Autocast,
+    device: torch.device,
+) -> torch.Tensor:
+    prompt = _prompt_batch(processor, sample, device)
+    valid = answers >= 0
+    pad = int(getattr(processor, "pad_token_id", 0) or 0)
+    ids = answers.masked_fill(~valid, pad)
+    scores: list[torch.Tensor] = []
+    if getattr(processor, "is_encoder_decoder", False):
+        from transformers.modeling_outputs import BaseModelOutput
+
+        with autocast():  # the encoder runs once; the decoder reads its output for every candidate
+            encoded = model(**prompt, labels=answers[:1].clamp(min=0)).encoder_last_hidden_state
+        for start in range(0, len(ids), batch_size):
+            chunk, ok = ids[start : start + batch_size], valid[start : start + batch_size]
+            n = chunk.shape[0]
+            with autocast():
+                logits = model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded.expand(n, -1, -1)),
+                               attention_mask=prompt["attention_mask"].expand(n, -1),
+                               labels=chunk.masked_fill(~ok, -100), use_cache=False).logits
+            scores.append(_picked(logits, chunk, ok))
+        return torch.cat(scores).cpu()
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    with autocast():  # image + prompt once; the cache then serves every candidate
+        first = model(**prompt, past_key_values=cache, use_cache=True).logits[:, -1:]
+    first_logp = torch.log_softmax(first.float(), dim=-1)[0, 0]
+    text_model = model.get_submodule(getattr(processor, "continue_with", ""))
+    mask = prompt["attention_mask"]
+    for start in range(0, len(ids), batch_size):
+        chunk, ok = ids[start : start + batch_size], valid[start : start + batch_size]
+        n = chunk.shape[0]
+        score = first_logp[chunk[:, 0]]
+        if chunk.shape[1] > 1:  # later tokens: feed all but the last, read the predictions of the next
+            grown = copy.deepcopy(cache)
+            grown.batch_repeat_interleave(n)
+            with autocast():
+                logits = text_model(input_ids=chunk[:, :-1], past_key_values=grown, use_cache=True,
+                                    attention_mask=torch.cat([mask.expand(n, -1), ok[:, :-1].to(mask.dtype)], 1),
+                                    ).logits
+            score = score + _picked(logits, chunk[:, 1:], ok[:, 1:])
+        scores.append(score)
+    return torch.cat(scores).cpu()
+
+
+def _picked(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Summed log-probability of ``target`` tokens (where ``valid``) under ``logits`` aligned with them."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return (logp.gather(-1, target.unsqueeze(-1)).squeeze(-1) * valid).sum(-1)
+
+
+def _full_forward_scores(
+    model: nn.Module,
+    processor: Any,
+    sample: Sample,
+    candidates: Sequence[str],
+    batch_size: int,
+    autocast: Autocast,
+    device: torch.device,
+) -> torch.Tensor:
+    image = open_image(sample.image, sample)
+    scores: list[torch.Tensor] = []
+    for start in range(0, len(candidates), batch_size):
+        chunk = list(candidates[start : start + batch_size])
+        contexts = [sample.context] * len(chunk) if sample.context else None
+        batch = processor([image] * len(chunk), [sample.prompt] * len(chunk), chunk, contexts)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        if getattr(processor, "is_encoder_decoder", False):  # decoder logits line up with the labels
+            with autocast():
+                logits = model(**batch, labels=labels, use_cache=False).logits
+        else:  # causal LM: position t predicts token t + 1
+            with autocast():
+                logits = model(**batch, use_cache=False).logits[:, :-1]
+            labels = labels[:, 1:]
+            # only the final answer counts (earlier assistant turns of a conversation are labelled too)
+            positions = torch.arange(labels.shape[1], device=labels.device)
+            last_unlabelled = torch.where(labels < 0, positions, -1).amax(-1, keepdim=True)
+            labels = labels.masked_fill(positions <= last_unlabelled, -100)
+        ok = labels >= 0
+        scores.append(_picked(logits, labels.clamp(min=0), ok).cpu())
+    return torch.cat(scores)
