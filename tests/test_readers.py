@@ -189,7 +189,7 @@ def test_karpathy_malformed_and_missing_image(coco: tuple[Path, Path], tmp_path:
         read_coco_karpathy(path, root, "train")
     result = read_coco_karpathy(path, root, "train", on_error="skip")
     assert [s.id for s in result.samples] == ["3"] and result.skipped == 1
-    assert result.problems == [f"dataset_coco.json images[0] (cocoid 101): image not found: {missing}"]
+    assert result.problems[0].startswith(f"dataset_coco.json images[0] (cocoid 101): image not found: {missing}")
     with pytest.raises(DataError, match=r"no usable records \(2 skipped\)"):
         read_coco_karpathy(bad, root, "train", on_error="skip")
 
@@ -559,7 +559,7 @@ def test_refcoco_json_refs_and_errors(tmp_path: Path) -> None:
     with pytest.raises(
         DataError,
         match=r"refs\.json\[1\] \(ref_id 1\): image not found: "
-        r".*train2014/COCO_train2014_000000581857\.jpg$",
+        r".*train2014/COCO_train2014_000000581857\.jpg;",
     ):
         read_refcoco(path, instances, root, "testA")
     with pytest.raises(DataError, match=r"RefCOCO refs file not found: .*refs\(umd\)\.p \(expected"):
@@ -727,6 +727,20 @@ def test_file_level_errors(tmp_path: Path) -> None:
         read_jsonl(path, tmp_path, limit=0)
     with pytest.raises(ValueError, match=r"it may use only \{hypothesis\}"):
         read_snli_ve(path, tmp_path, prompt_template="{premise}")
+
+
+def test_unreadable_images_stop_or_are_skipped(tmp_path: Path) -> None:
+    image(tmp_path / "good.png")
+    (tmp_path / "notes.jpg").write_text("not an image")  # exists, but PIL cannot identify it
+    (tmp_path / "empty.png").write_bytes(b"")
+    records = [{"id": f"r{i}", "image": name, "prompt": "p", "target": "t"}
+               for i, name in enumerate(["good.png", "notes.jpg", "empty.png"])]
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    with pytest.raises(DataError, match=r"d\.jsonl line 2: unreadable image .*notes\.jpg"):
+        read_jsonl(path, tmp_path)
+    result = read_jsonl(path, tmp_path, on_error="skip")
+    assert [s.id for s in result.samples] == ["r0"] and result.skipped == 2
+    assert "notes.jpg" in result.problems[0] and "empty.png" in result.problems[1]
 
 
 def test_image_existence_is_checked_once_per_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

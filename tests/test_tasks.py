@@ -116,16 +116,37 @@ def test_classify_objective_needs_a_head(tmp_path, capsys):
     assert "add {name: answer_head" in capsys.readouterr().err
 
 
-def test_unreadable_image_names_file_and_record(tmp_path, capsys):
-    (tmp_path / "broken.png").write_bytes(b"not a png")
-    rows = [{"image": "broken.png", "prompt": "what is it?", "target": "x", "id": "rec-7"}]
-    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    source = f"{{format: jsonl, path: {tmp_path / 'd.jsonl'}, images: {tmp_path}}}"
-    args = ["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress", *TINY,
-            f"output_dir={tmp_path / 'runs'}", "data.dataset=files", f"data.train={source}", f"data.eval={source}"]
-    assert main(args) == 2
+def test_unreadable_images_stop_naming_the_record_or_are_skipped(tmp_path, capsys, caplog):
+    import numpy as np
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "good.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")  # found when the data is read
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "good.png").read_bytes()[:200])  # found when loaded
+
+    def train(rows, *extra):
+        (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        source = f"{{format: jsonl, path: {tmp_path / 'd.jsonl'}, images: {tmp_path}}}"
+        good = tmp_path / "good.jsonl"
+        good.write_text(json.dumps({"image": "good.png", "prompt": "what is it?", "target": "x"}) + "\n")
+        evals = f"{{format: jsonl, path: {good}, images: {tmp_path}}}"
+        return main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress", *TINY,
+                     f"output_dir={tmp_path / 'runs'}", "data.dataset=files", f"data.train={source}",
+                     f"data.eval={evals}", "eval.before=false", *extra])
+
+    row = {"prompt": "what is it?", "target": "x"}
+    assert train([{**row, "image": "broken.png", "id": "rec-7"}]) == 2
     err = capsys.readouterr().err
-    assert "broken.png" in err and "rec-7" in err
+    assert "broken.png" in err and "line 1" in err and "on_error: skip" in err
+    assert train([{**row, "image": "truncated.png", "id": "rec-8"}]) == 2
+    err = capsys.readouterr().err
+    assert "truncated.png" in err and "rec-8" in err
+    rows = [{**row, "image": name, "id": f"r{i}"} for i, name in enumerate(["good.png", "broken.png",
+                                                                            "truncated.png", "good.png"])]
+    assert train(rows, "data.on_error=skip", "train.batch_size=4") == 0
+    assert "skipped 1 record(s)" in caplog.text and "broken.png" in caplog.text
+    assert "skipped a training sample" in caplog.text and "truncated.png" in caplog.text
 
 
 def test_unknown_eval_metric_fails_before_training(tmp_path, capsys):

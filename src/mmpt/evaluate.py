@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import string
 from collections import defaultdict
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from mmpt.data import DataError, Sample
 from mmpt.models import VLMProcessor
 
+log = logging.getLogger("mmpt")
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
 
@@ -40,6 +42,25 @@ def open_image(image: Any, sample: Sample | None = None) -> Image.Image | np.nda
     except OSError as exc:
         record = f" (record {sample.id!r})" if sample is not None and sample.id else ""
         raise DataError(f"cannot read image {image}{record}: {exc}; replace the file or drop the record") from None
+
+
+def open_images(samples: Sequence[Sample], on_error: str = "raise") -> tuple[list[Any], list[Sample]]:
+    """The samples' images and the samples they belong to. With ``on_error="skip"`` a sample whose image
+    cannot be decoded is dropped with a warning naming it (training: the batch shrinks by one) instead of
+    raising :class:`~mmpt.data.DataError`."""
+    images, kept = [], []
+    for sample in samples:
+        try:
+            images.append(open_image(sample.image, sample))
+        except DataError as exc:
+            if on_error != "skip":
+                raise
+            log.warning("skipped a training sample (data.on_error: skip): %s", exc)
+            continue
+        kept.append(sample)
+    if not kept:
+        raise DataError(f"none of the {len(samples)} images of a batch could be read (e.g. {samples[0].image})")
+    return images, kept
 
 
 def _batch(processor: VLMProcessor, chunk: Sequence[Sample], answers: Sequence[str] | None = None) -> Any:

@@ -27,7 +27,7 @@ from pycocoevalcap.cider.cider_scorer import precook
 from torch import nn
 
 from mmpt.data import Sample
-from mmpt.evaluate import open_image
+from mmpt.evaluate import open_images
 from mmpt.models.vlm import IGNORE_INDEX, VLMProcessor
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
@@ -127,11 +127,12 @@ def group_by_image(samples: Sequence[Sample]) -> list[Sample]:
 class SCSTCollator:
     """Samples -> prompt-only batch (``input_ids``, ``attention_mask``, ``pixel_values``) + ``references``."""
 
-    def __init__(self, processor: VLMProcessor) -> None:
+    def __init__(self, processor: VLMProcessor, on_error: str = "raise") -> None:
         self.processor = processor
+        self.on_error = on_error
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        images = [open_image(s.image, s) for s in samples]
+        images, samples = open_images(samples, self.on_error)
         batch: dict[str, Any] = self.processor(images, [s.prompt for s in samples])
         batch["references"] = [list(s.references) for s in samples]
         return batch

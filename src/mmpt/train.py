@@ -40,7 +40,7 @@ from mmpt.checkpoint import (
 from mmpt.config import ConfigError, to_dict
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
-from mmpt.evaluate import open_image
+from mmpt.evaluate import open_images
 from mmpt.inference import model_kwargs
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
@@ -55,17 +55,20 @@ log = logging.getLogger("mmpt")
 class Collator:
     """Opens images and calls the processor: a list of samples -> a training batch.
 
-    With ``classes`` (objective ``classify``) the batch holds the prompts only, plus ``class_labels``.
+    With ``classes`` (objective ``classify``) the batch holds the prompts only, plus ``class_labels``. With
+    ``on_error="skip"`` samples whose image cannot be decoded are left out of the batch (see ``open_images``).
     """
 
-    def __init__(self, processor: VLMProcessor | HFProcessor, classes: Any = None) -> None:
+    def __init__(self, processor: VLMProcessor | HFProcessor, classes: Any = None, on_error: str = "raise") -> None:
         self.processor = processor
         self.classes = classes
+        self.on_error = on_error
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        images, samples = open_images(samples, self.on_error)
         contexts = [s.context for s in samples] if any(s.context for s in samples) else None
         answers = None if self.classes is not None else [s.target for s in samples]
-        batch = self.processor([open_image(s.image, s) for s in samples], [s.prompt for s in samples], answers, contexts)
+        batch = self.processor(images, [s.prompt for s in samples], answers, contexts)
         if self.classes is not None:
             batch["class_labels"] = torch.tensor([self.classes.get(s.target, -100) for s in samples])
         return batch
@@ -83,13 +86,13 @@ def prepare_objective(ctx: Run, tc: TrainConfig, samples: list[Sample]) -> tuple
         if outside:
             log.warning("answer_head: %d of %d training answers are not in its answer list (ignored by the loss)",
                         outside, len(samples))
-        return samples, Collator(processor, classes), None
+        return samples, Collator(processor, classes, ctx.config.data.on_error), None
     if tc.objective == "scst":
         if ctx.config.task != "caption":
             raise ConfigError(f"train.objective: 'scst' optimizes CIDEr-D of captions; the task is {ctx.config.task}")
         samples = group_by_image(samples)  # one sample per image with all its references
-        return samples, SCSTCollator(processor), CiderD(s.references for s in samples)  # df of the training refs
-    return samples, Collator(processor), None
+        return samples, SCSTCollator(processor, ctx.config.data.on_error), CiderD(s.references for s in samples)  # df of the training refs
+    return samples, Collator(processor, on_error=ctx.config.data.on_error), None
 
 
 def training_loss(

@@ -37,7 +37,7 @@ def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
     result = READERS[source.format](**kwargs, on_error=on_error, limit=source.limit)
     if result.skipped:
         shown = "\n  ".join(result.problems[:3])
-        log.warning("%s: skipped %d malformed record(s) (on_error: skip), e.g.\n  %s",
+        log.warning("%s: skipped %d record(s), malformed or with a missing/unreadable image (on_error: skip), e.g.\n  %s",
                     source.format, result.skipped, shown)
     return result.samples
 

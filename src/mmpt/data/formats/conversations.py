@@ -75,7 +75,7 @@ def read_llava(
         raise DataError(
             f"{path} is not a LLaVA file: expected a JSON list of records, got {type(data).__name__}"
         )
-    exists: dict[Path, bool] = {}
+    checked: dict[Path, str] = {}
 
     def parse(record: Any, where: str) -> list[Sample]:
         record = as_dict(record, where)
@@ -84,7 +84,7 @@ def read_llava(
             raise DataError(f"{where}: text-only record (no 'image' key); mmpt needs an image per record")
         relative = get_key(record, "image", str, where)
         pairs = _turns(record, where)
-        image = check_image(root / relative, where, exists)
+        image = check_image(root / relative, where, checked)
         prompt, target = pairs[-1]
         return [Sample(image, prompt, target, "", relative, str(record_id), context=pairs[:-1])]
 
@@ -113,7 +113,7 @@ def read_jsonl(
     check_args(on_error, limit)
     path = require_file(path, "JSONL file", 'one {"image", "prompt", "target"} object per line')
     root = require_dir(images, "the folder relative image paths resolve under")
-    exists: dict[Path, bool] = {}
+    checked: dict[Path, str] = {}
 
     def parse(line: str, where: str) -> list[Sample]:
         record = decode_line(line, where)
@@ -125,7 +125,7 @@ def read_jsonl(
             raise DataError(f"{where}: key 'answers' should be a list of strings, got {answers!r:.60}")
         kind = get_key(record, "kind", str, where) if "kind" in record else ""
         record_id = str(get_key(record, "id", (str, int), where)) if "id" in record else ""
-        image = check_image(root / relative, where, exists)
+        image = check_image(root / relative, where, checked)
         return [Sample(image, prompt, target, kind, relative, record_id, tuple(answers))]
 
     return nonempty(collect(jsonl_lines(path), parse, on_error, limit), path)

@@ -60,7 +60,7 @@ def read_coco_karpathy(
     if per_caption is None:
         per_caption = split in ("train", "restval")
     seen: set[str] = set()
-    exists: dict[Path, bool] = {}
+    checked: dict[Path, str] = {}
 
     def parse(record: Any, where: str) -> list[Sample]:
         record = as_dict(record, where)
@@ -78,7 +78,7 @@ def read_coco_karpathy(
             captions.append(
                 (get_key(sentence, "raw", str, at).strip(), str(get_key(sentence, "sentid", int, at)))
             )
-        image = check_image(root / folder / filename, where, exists)
+        image = check_image(root / folder / filename, where, checked)
         if per_caption:
             return [Sample(image, prompt, raw, "caption", image_id, sentid) for raw, sentid in captions]
         raws = tuple(raw for raw, _ in captions)

@@ -93,7 +93,7 @@ def read_refcoco(
     annotation_by_id = {a["id"]: a for a in data["annotations"] if isinstance(a, dict) and "id" in a}
     hint = "(is it the instances.json of the same dataset?)"
     seen: set[str] = set()
-    exists: dict[Path, bool] = {}
+    checked: dict[Path, str] = {}
 
     def parse(record: Any, where: str) -> list[Sample]:
         record = as_dict(record, where)
@@ -120,7 +120,7 @@ def read_refcoco(
             sentences.append(
                 (get_key(sentence, "sent", str, sat).strip(), get_key(sentence, "sent_id", int, sat))
             )
-        image = check_image(root / file_name, where, exists)
+        image = check_image(root / file_name, where, checked)
         target = box_to_text(box, size)
         return [
             Sample(

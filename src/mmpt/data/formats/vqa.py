@@ -150,7 +150,7 @@ def read_snli_ve(
     check_template(prompt_template, "prompt_template", hypothesis="")
     path = require_file(path, "SNLI-VE file", "snli_ve_<split>.jsonl from github.com/necla-ml/SNLI-VE")
     root = require_dir(images, "the Flickr30k images folder (flickr30k_images/)")
-    exists: dict[Path, bool] = {}
+    checked: dict[Path, str] = {}
     labels = ", ".join(SNLI_VE_ANSWERS)
 
     def parse(line: str, where: str) -> list[Sample]:
@@ -161,7 +161,7 @@ def read_snli_ve(
         if label not in SNLI_VE_ANSWERS:
             raise DataError(f"{where}: key 'gold_label' is {label!r}, expected one of {labels}")
         pair_id = get_key(record, "pairID", str, where)
-        image = check_image(root / f"{flickr_id}.jpg", where, exists)
+        image = check_image(root / f"{flickr_id}.jpg", where, checked)
         image_id = int(flickr_id) if str(flickr_id).isdigit() else flickr_id
         target = SNLI_VE_ANSWERS[label]
         prompt = prompt_template.format(hypothesis=hypothesis)
