@@ -43,9 +43,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     saved = Run.checkpoint
 
     def interrupted(self, optimizer=None, scheduler=None):
-        saved(self, optimizer, scheduler)
-        if optimizer is not None and self.state.step == 4:  # a crash right after the step-4 checkpoint
+        if optimizer is not None and self.state.step == 4:  # a crash at step 4: steps 3-4 are logged, not saved
             raise KeyboardInterrupt
+        saved(self, optimizer, scheduler)
 
     monkeypatch.setattr(Run, "checkpoint", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -57,7 +57,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
 
     a, b = _weights(Path(straight["run_dir"])), _weights(run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # 2 epochs crossed, data order kept
-    assert _losses(run_dir) == pytest.approx(_losses(Path(straight["run_dir"])))
+    assert _losses(run_dir) == pytest.approx(_losses(Path(straight["run_dir"])))  # no repeated rows
+    with open(run_dir / "log.after-checkpoint.csv") as f:  # the interrupted attempt's rows are kept aside
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [3, 4]
     assert resumed["train"]["steps"] == 6 and resumed["after"] == straight["after"]
     assert (run_dir / "best" / "prefix.safetensors").is_file()
     assert (run_dir / "predictions_s1-step3.jsonl").is_file()

@@ -148,6 +148,34 @@ def fresh_file(path: Path) -> Path:
     return out
 
 
+def rewind_log(path: Path, stage_names: list[str], stage: int, step: int) -> int:
+    """Before a resume: move the ``log.csv`` rows written after the checkpoint (stage index ``stage``, step
+    ``step``) to ``log.after-checkpoint.csv`` (``-2``... when that exists), so the resumed run's rows follow
+    the checkpoint's without duplicates and nothing is lost. Returns the number of rows moved."""
+    if not path.exists():
+        return 0
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], list(reader)
+
+    def after(row: dict[str, str]) -> bool:
+        if row.get("stage") not in stage_names or not str(row.get("step", "")).isdigit():
+            return False
+        return (stage_names.index(row["stage"]), int(row["step"])) > (stage, step)
+
+    moved = [r for r in rows if after(r)]
+    if not moved:
+        return 0
+    for target, kept in ((fresh_file(path.with_name("log.after-checkpoint.csv")), moved),
+                         (path.with_suffix(".csv.tmp"), [r for r in rows if not after(r)])):
+        with open(target, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+    path.with_suffix(".csv.tmp").replace(path)
+    return len(moved)
+
+
 def check_metric(config: RunConfig) -> None:
     """Fail before training when ``eval.metric`` names nothing the task measures."""
     metric = config.eval.metric
@@ -284,6 +312,10 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     loaded.model.to(accelerator.device)
     say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset}), "
         f"task {config.task}")
+    if resume is not None and main:
+        moved = rewind_log(out_dir / "log.csv", [s.name for s in stages], state.stage, state.step)
+        if moved:
+            say(f"mmpt: {moved} log.csv row(s) written after the checkpoint moved to log.after-checkpoint*.csv")
     if resume is not None:  # best/ may be newer than the checkpoint
         best = read_best(out_dir / "best")
         if best is not None and (state.best_score is None or best["score"] > state.best_score):
