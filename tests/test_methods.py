@@ -228,3 +228,30 @@ def test_untrained_decoder_deep_prompts_equal_shallow_prompts(images):
     with torch.no_grad():
         shallow.prompt.copy_(first)
         assert torch.allclose(loaded.model(**batch).logits, deep_logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_answer_head_pools_real_tokens_whatever_the_order(pooling, images):
+    """With an input prompt on the same tower, the head pools the same positions whether it was applied before
+    or after the prompt, and a padded batch gives each sample's logits alone."""
+    from mmpt.methods import AnswerHeadConfig
+
+    head_config = AnswerHeadConfig(answers=["yes", "no", "red"], pooling=pooling)
+    results = []
+    for head_first in (True, False):
+        loaded = make_tiny()
+        torch.manual_seed(0)
+        first, second = (head_config, PromptConfig(length=3)) if head_first else (PromptConfig(length=3), head_config)
+        applied = [methods.apply(loaded, first), methods.apply(loaded, second)]
+        head = applied[0] if head_first else applied[1]
+        prompt = applied[1] if head_first else applied[0]
+        with torch.no_grad():
+            prompt.prompt.copy_(torch.randn(prompt.prompt.shape, generator=torch.Generator().manual_seed(1)))
+            head.head.weight.copy_(torch.randn(head.head.weight.shape, generator=torch.Generator().manual_seed(2)))
+            loaded.model(**loaded.processor(images, PROMPTS), use_cache=False)
+            both = head.logits()
+            loaded.model(**loaded.processor(images[1:], PROMPTS[1:]), use_cache=False)
+            alone = head.logits()
+        assert torch.allclose(both[1], alone[0], atol=1e-5)
+        results.append(both)
+    assert torch.allclose(results[0], results[1], atol=1e-5)

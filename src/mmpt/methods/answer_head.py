@@ -2,7 +2,7 @@
 
 The classification-head variant of VQA for encoder-style use (as in VQAv2 classifiers over the 3,129 most frequent
 answers): the tower's final hidden states are pooled (the last real token, which under left padding is the last
-position, or the mean over real tokens) and mapped to one logit per answer. With ``train.objective: classify``
+position, or the mean over real tokens; positions of input prompts are never pooled) and mapped to one logit per answer. With ``train.objective: classify``
 the run trains it with cross-entropy (together with any other method of the stage, e.g. a prefix); evaluation
 then predicts ``answers[argmax]`` instead of generating.
 """
@@ -89,9 +89,14 @@ class AnswerHeadMethod(nn.Module):
         mask = self._mask
         if mask is None:  # no padding: every row ends at the last position
             mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-        # input-prompt methods on the same tower put their tokens first: align the mask with the hidden states
+        # input-prompt methods on the same tower put their tokens first. Whichever hook runs first, only the
+        # real tokens are pooled: a mask the prompt extended loses its prompt columns, hidden states the
+        # prompt has not stripped yet lose their prompt rows
         extra = mask.shape[1] - hidden.shape[1]
-        mask = mask[:, extra:] if extra > 0 else torch.cat([mask.new_ones(mask.shape[0], -extra), mask], dim=1)
+        if extra > 0:
+            mask = mask[:, extra:]
+        elif extra < 0:
+            hidden = hidden[:, -extra:]
         mask = mask.to(hidden.device)
         if self.config.pooling == "last":  # the last real token, whichever side the padding is on
             last = mask.shape[1] - 1 - mask.flip(-1).argmax(-1)
