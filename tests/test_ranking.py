@@ -61,9 +61,9 @@ def test_prompt_reuse_equals_full_forward(family, config, base_tokenizer, image)
         samples.append(Sample(image=image, prompt="is it big?", target="no", context=[("what shape?", "a circle")]))
     assert can_reuse_prompt(loaded.processor)
     fast = candidate_scores(loaded.model, loaded.processor, samples, CANDIDATES, batch_size=2, progress=False)
-    # reference: one unpadded forward per pair (batch_size 1: HF forwards count positions from the left edge, so
-    # a left-padded batch shifts positions relative to prefixes and prompts)
-    full = candidate_scores(loaded.model, loaded.processor, samples, CANDIDATES, batch_size=1, progress=False,
+    # reference: one full forward per pair, as in training: left-padded batches of 3 (a sample's score must not
+    # depend on the padding: HF batches carry position ids counted from the first real token)
+    full = candidate_scores(loaded.model, loaded.processor, samples, CANDIDATES, batch_size=3, progress=False,
                             reuse_prompt=False)
     assert fast.shape == (len(samples), len(CANDIDATES))
     assert torch.allclose(fast, full, atol=1e-4), (fast - full).abs().max()

@@ -156,10 +156,14 @@ def _reuse_scores(
         if chunk.shape[1] > 1:  # later tokens: feed all but the last, read the predictions of the next
             grown = copy.deepcopy(cache)
             grown.batch_repeat_interleave(n)
+            extra: dict[str, torch.Tensor] = {}
+            if "position_ids" in prompt:  # continue the prompt's positions (HF would count from the cache)
+                steps = torch.arange(1, chunk.shape[1], device=device)
+                extra["position_ids"] = (prompt["position_ids"][:, -1:] + steps).expand(n, -1)
             with autocast():
                 logits = text_model(input_ids=chunk[:, :-1], past_key_values=grown, use_cache=True,
                                     attention_mask=torch.cat([mask.expand(n, -1), ok[:, :-1].to(mask.dtype)], 1),
-                                    ).logits
+                                    **extra).logits
             score = score + _picked(logits, chunk[:, 1:], ok[:, 1:])
         scores.append(score)
     return torch.cat(scores).cpu()

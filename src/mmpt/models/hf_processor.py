@@ -208,6 +208,10 @@ class Strategy:
         padding_side: ``left`` (decoder-only: the same batch serves training and generation) or ``right``.
         continue_with: submodule that continues a sequence from its KV cache without image inputs, where the
             whole model cannot (BLIP-2's forward always encodes pixels); empty: the whole model.
+        position_ids: batches carry ``position_ids`` counted from each row's first real token, as ``generate()``
+            counts them. Without them HF forwards count from the left edge, padding included (PaliGemma from 1),
+            so with prefixes or input prompts a sample's training loss would depend on its batch's padding and
+            differ from what generation sees.
     """
 
     encode: Callable[..., dict[str, torch.Tensor]]
@@ -219,6 +223,7 @@ class Strategy:
     generation_suffix: str = ""
     padding_side: str = "left"
     continue_with: str = ""
+    position_ids: bool = False
 
 
 ImageList = Sequence[Image.Image | np.ndarray] | None
@@ -311,12 +316,13 @@ def answer_florence2(hp: HFProcessor, answer: str) -> list[int]:
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "llava": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
-    "idefics3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
-    "blip2": Strategy(encode_decoder_only, answer_decoder_only, render_blip2, continue_with="language_model"),
+    "llava": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, position_ids=True),
+    "idefics3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, position_ids=True),
+    "blip2": Strategy(encode_decoder_only, answer_decoder_only, render_blip2, continue_with="language_model",
+                      position_ids=True),
     "blip": Strategy(encode_decoder_only, answer_decoder_only, render_blip, add_special_tokens=False,
                      generation_suffix="sep_token"),
-    "paligemma": Strategy(encode_paligemma, answer_paligemma),
+    "paligemma": Strategy(encode_paligemma, answer_paligemma, position_ids=True),
     "florence2": Strategy(encode_florence2, answer_florence2, is_encoder_decoder=True, padding_side="right"),
 }
 
@@ -342,7 +348,8 @@ class HFProcessor:
         strategy = STRATEGIES[family]
         if strategy.render is render_chat and not getattr(processor, "chat_template", None):
             fallback = render_llava_plain if family == "llava" else render_no_template
-            strategy = Strategy(encode_decoder_only, answer_decoder_only, fallback, multi_turn=True)
+            strategy = Strategy(encode_decoder_only, answer_decoder_only, fallback, multi_turn=True,
+                                position_ids=True)
         self.hf = processor
         self.family = family
         self.strategy = strategy
@@ -381,7 +388,10 @@ class HFProcessor:
         if contexts is not None and any(contexts) and not self.strategy.multi_turn:
             raise ValueError(f"family '{self.family}' has no multi-turn format; contexts work with "
                              f"{', '.join(k for k, s in STRATEGIES.items() if s.multi_turn)}")
-        return self.strategy.encode(self, images, prompts, answers, contexts)
+        batch = self.strategy.encode(self, images, prompts, answers, contexts)
+        if self.strategy.position_ids:
+            batch["position_ids"] = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        return batch
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of ``answer`` with its end token, as they follow the generation prompt (decoder-only) or as
