@@ -302,6 +302,8 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     main = accelerator.is_main_process
     say = accelerator.print
     say(f"mmpt: run folder {out_dir}" + (f" (resuming stage {state.stage + 1}, step {state.step})" if resume else ""))
+    if accelerator.num_processes > 1:
+        say(f"mmpt: {accelerator.num_processes} processes ({accelerator.distributed_type.value})")
     if main and resume is None:
         (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
 
