@@ -38,7 +38,29 @@ def test_failed_build_leaves_no_entry(tmp_path):
 
     with pytest.raises(RuntimeError):
         cache.cached_build("thing", {}, broken, root=tmp_path)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".thing.lock"]  # no entry, no temporary folder
+
+
+def test_concurrent_builders_build_once(tmp_path):
+    import threading
+    import time
+
+    calls = []
+
+    def slow(out):
+        calls.append(out)
+        time.sleep(0.3)
+        (out / "weights.bin").write_bytes(b"abc" * 1000)
+
+    entries = []
+    threads = [threading.Thread(target=lambda: entries.append(cache.cached_build("thing", {}, slow, root=tmp_path)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(entries) == 3 and len(set(entries)) == 1
+    assert (entries[0] / "weights.bin").read_bytes() == b"abc" * 1000
 
 
 def test_default_lm_cache_is_reused(monkeypatch, real_model):

@@ -3,7 +3,9 @@
 Each entry is a folder holding the artifact files and a ``manifest.json`` with the fingerprint of the
 source it was built from plus the size and SHA-256 of every file. An entry is used only when the manifest
 matches; a missing, stale or damaged entry is rebuilt in a temporary folder and swapped in atomically, so
-an interrupted build never leaves a half-written entry behind.
+an interrupted build never leaves a half-written entry behind. A lock file per entry serializes checking and
+building, so processes started together (``torchrun``, parallel jobs) build an entry once and the others wait
+for it instead of replacing it under each other.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +82,25 @@ def cached_build(
     """
     root = root or cache_root()
     entry = root / name
-    problem = _manifest_problem(entry, fingerprint) if entry.exists() else "not built yet"
-    if problem is None:
-        return entry
-    log.warning("mmpt cache: building %s (%s) in %s", name, problem, entry)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-    try:
-        build(tmp)
-        files = {
-            p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(tmp.iterdir())
-            if p.is_file() and p.name != MANIFEST
-        }
-        (tmp / MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "files": files}, indent=2))
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with FileLock(str(root / f".{name}.lock")):
+        problem = _manifest_problem(entry, fingerprint) if entry.exists() else "not built yet"
+        if problem is None:
+            return entry
+        log.warning("mmpt cache: building %s (%s) in %s", name, problem, entry)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+        try:
+            build(tmp)
+            files = {
+                p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)}
+                for p in sorted(tmp.iterdir())
+                if p.is_file() and p.name != MANIFEST
+            }
+            (tmp / MANIFEST).write_text(json.dumps({"fingerprint": fingerprint, "files": files}, indent=2))
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.replace(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return entry
