@@ -390,3 +390,50 @@ def test_load_pretrained_wraps_the_auto_processor(base_tokenizer, images, tmp_pa
     assert isinstance(loaded.processor, HFProcessor) and loaded.processor.family == "llava"
     batch = loaded.processor(images, PROMPTS, ANSWERS)
     assert torch.equal(batch["labels"], hp(images, PROMPTS, ANSWERS)["labels"])
+
+
+@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2"])
+def test_forward_sees_the_positions_generation_sees(family, base_tokenizer, images):
+    """With a prefix (keys without positions) the next-token scores of a plain forward over a padded batch equal
+    generate()'s first-step scores: the batch's position ids count as generate() does (PaliGemma from 1)."""
+    from mmpt import methods
+    from mmpt.methods import PrefixConfig
+    from mmpt.models import LoadedModel
+    from mmpt.models.families import FAMILY_MODULES
+
+    model, hp = build(base_tokenizer, family)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    method = methods.apply(LoadedModel(family, model, hp, FAMILY_MODULES[family].FAMILY), PrefixConfig(length=3))
+    with torch.no_grad():
+        for p in method.parameters():
+            p.normal_(0, 1.0, generator=torch.Generator().manual_seed(3))
+        batch = hp(images, PROMPTS)
+        assert batch["attention_mask"][0].sum() < batch["attention_mask"][1].sum()  # row 0 is padded
+        forward = torch.log_softmax(model(**batch, use_cache=False).logits[:, -1].float(), -1)
+        generation = {k: v for k, v in batch.items() if k != "position_ids"}  # as evaluate.predict passes it
+        out = model.generate(**generation, max_new_tokens=1, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True, **hp.generation_kwargs)
+        generated = torch.log_softmax(out.scores[0].float(), -1)
+    assert torch.allclose(forward, generated, atol=1e-4), (forward - generated).abs().max()
+
+
+@pytest.mark.parametrize("family", ["llava", "paligemma"])
+def test_answer_head_mean_pooling_ignores_padding(family, base_tokenizer, images):
+    """PaliGemma hands its LM a 4D mask: the head takes the padding mask from the outer call instead."""
+    from mmpt import methods
+    from mmpt.methods import AnswerHeadConfig
+    from mmpt.models import LoadedModel
+    from mmpt.models.families import FAMILY_MODULES
+
+    model, hp = build(base_tokenizer, family)
+    head = methods.apply(LoadedModel(family, model, hp, FAMILY_MODULES[family].FAMILY),
+                         AnswerHeadConfig(answers=["yes", "no"], pooling="mean"))
+    with torch.no_grad():
+        model(**hp(images, PROMPTS), use_cache=False)
+        both = head.logits()
+        model(**hp(images[:1], PROMPTS[:1]), use_cache=False)
+        alone = head.logits()
+    assert torch.allclose(both[0], alone[0], atol=1e-5)

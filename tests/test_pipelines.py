@@ -93,3 +93,17 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
     rows = [(Path(single["run_dir"]) / "predictions_after.jsonl").read_text(),
             (tmp_path / "ddp" / "predictions_after.jsonl").read_text()]
     assert rows[0] == rows[1] and len(rows[0].splitlines()) == 5
+
+
+def test_rewind_log_with_repeated_stage_names(tmp_path):
+    from mmpt.train import rewind_log
+
+    path = tmp_path / "log.csv"
+    rows = [("a", 10), ("a", 20), ("b", 10), ("a", 10), ("a", 20), ("a", 30), ("b", 10)]  # rounds: a, b, a, b
+    path.write_text("stage,step,loss\n" + "".join(f"{n},{s},1.0\n" for n, s in rows))
+    assert rewind_log(path, ["a", "b", "a", "b"], stage=2, step=10) == 3  # resume round 2's 'a' at step 10
+    with open(path) as f:
+        assert [(r["stage"], int(r["step"])) for r in csv.DictReader(f)] == rows[:4]
+    with open(tmp_path / "log.after-checkpoint.csv") as f:
+        assert [(r["stage"], int(r["step"])) for r in csv.DictReader(f)] == rows[4:]
+    assert rewind_log(path, ["a", "b", "a", "b"], stage=2, step=10) == 0  # nothing left to move

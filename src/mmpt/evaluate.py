@@ -6,6 +6,7 @@ import contextlib
 import logging
 import re
 import string
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -18,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmpt.data import DataError, Sample
+from mmpt.data.formats.common import IMAGE_ERRORS
 from mmpt.models import VLMProcessor
 
 log = logging.getLogger("mmpt")
@@ -39,25 +41,43 @@ def open_image(image: Any, sample: Sample | None = None) -> Image.Image | np.nda
     try:
         with Image.open(image) as im:
             return im.convert("RGB")
-    except OSError as exc:
+    except IMAGE_ERRORS as exc:
         record = f" (record {sample.id!r})" if sample is not None and sample.id else ""
         raise DataError(f"cannot read image {image}{record}: {exc}; replace the file or drop the record") from None
 
 
-def open_images(samples: Sequence[Sample], on_error: str = "raise") -> tuple[list[Any], list[Sample]]:
-    """The samples' images and the samples they belong to. With ``on_error="skip"`` a sample whose image
-    cannot be decoded is dropped with a warning naming it (training: the batch shrinks by one) instead of
-    raising :class:`~mmpt.data.DataError`."""
+def open_images(
+    samples: Sequence[Sample], on_error: str = "raise", pool: Sequence[Sample] = ()
+) -> tuple[list[Any], list[Sample]]:
+    """The samples' images and the samples they belong to.
+
+    With ``on_error="skip"`` a sample whose image cannot be decoded is replaced, with a warning naming it, by a
+    readable sample of ``pool`` (the training set; the choice depends only on the file name, so every run and
+    process picks the same), or dropped when there is none; the batch keeps its size. Otherwise
+    :class:`~mmpt.data.DataError` names the file and the record.
+    """
     images, kept = [], []
     for sample in samples:
         try:
             images.append(open_image(sample.image, sample))
+            kept.append(sample)
+            continue
         except DataError as exc:
             if on_error != "skip":
                 raise
-            log.warning("skipped a training sample (data.on_error: skip): %s", exc)
-            continue
-        kept.append(sample)
+            problem = str(exc)
+        start = zlib.crc32(str(sample.image).encode())
+        for k in range(min(len(pool), 20)):
+            spare = pool[(start + k) % len(pool)]
+            try:
+                images.append(open_image(spare.image, spare))
+            except DataError:
+                continue
+            kept.append(spare)
+            log.warning("data.on_error: skip: %s; trained on record %r instead", problem, spare.id)
+            break
+        else:
+            log.warning("data.on_error: skip: %s; left out of its batch", problem)
     if not kept:
         raise DataError(f"none of the {len(samples)} images of a batch could be read (e.g. {samples[0].image})")
     return images, kept
@@ -105,6 +125,7 @@ def predict(
     out: list[str] = []
     for batch in _in_batches(model, processor, samples, batch_size, "eval", progress):
         with autocast():
+            batch.pop("position_ids", None)  # generate() counts positions itself (PaliGemma adds 1 to given ones)
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, **ends)
         if hasattr(processor, "generated_tokens"):  # HF decoder-only models return prompt + continuation
             ids = processor.generated_tokens(ids, batch["input_ids"])

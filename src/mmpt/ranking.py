@@ -53,21 +53,24 @@ def candidate_scores(
     """Log-likelihood of every candidate for every sample, shape ``(len(samples), len(candidates))``.
 
     Args:
-        batch_size: candidates scored in one forward pass.
+        batch_size: candidates scored in one forward pass. With prompt reuse each holds a copy of the prompt's
+            KV cache, so chunks are also kept within 40% of the free GPU memory (2 GiB on CPU).
         reuse_prompt: compute the prompt once per sample (see the module docstring); ``None`` picks it whenever
             the processor supports it.
     """
     if not candidates:
         raise ValueError("ranking needs at least one candidate answer (eval.candidates)")
-    if reuse_prompt is None:
-        reuse_prompt = can_reuse_prompt(processor)
-    elif reuse_prompt and not can_reuse_prompt(processor):
-        raise ValueError(f"{type(processor).__name__} cannot tokenize answers on their own (answer_ids); "
-                         "rank with reuse_prompt=False")
+    device = next(model.parameters()).device
+    answers = None
+    if reuse_prompt is not False:
+        try:
+            answers = _answer_tensors(processor, candidates, device)
+        except (AttributeError, NotImplementedError) as exc:
+            if reuse_prompt:
+                raise ValueError(f"{type(processor).__name__} cannot tokenize answers on their own ({exc}); "
+                                 "rank with reuse_prompt=False") from None
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    answers = _answer_tensors(processor, candidates, device) if reuse_prompt else None
     rows: list[torch.Tensor] = []
     bar = tqdm(total=len(samples), desc="rank", unit="sample", disable=not progress, leave=False)
     try:
@@ -149,6 +152,8 @@ def _reuse_scores(
     first_logp = torch.log_softmax(first.float(), dim=-1)[0, 0]
     text_model = model.get_submodule(getattr(processor, "continue_with", ""))
     mask = prompt["attention_mask"]
+    # every candidate of a chunk holds its own copy of the prompt's cache: keep the copies within memory
+    batch_size = min(batch_size, max(1, int(_memory_budget(device) / max(_cache_bytes(cache), 1))))
     for start in range(0, len(ids), batch_size):
         chunk, ok = ids[start : start + batch_size], valid[start : start + batch_size]
         n = chunk.shape[0]
@@ -167,6 +172,25 @@ def _reuse_scores(
             score = score + _picked(logits, chunk[:, 1:], ok[:, 1:])
         scores.append(score)
     return torch.cat(scores).cpu()
+
+
+def _cache_bytes(cache: Any) -> int:
+    """Bytes of the keys and values a KV cache holds."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for name in ("keys", "values"):
+            tensor = getattr(layer, name, None)
+            if isinstance(tensor, torch.Tensor):
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _memory_budget(device: torch.device) -> float:
+    """Bytes the copies of a prompt cache may take: 40% of the free GPU memory, 2 GiB on CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return 0.4 * free
+    return float(2 << 30)
 
 
 def _picked(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

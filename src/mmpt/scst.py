@@ -127,12 +127,13 @@ def group_by_image(samples: Sequence[Sample]) -> list[Sample]:
 class SCSTCollator:
     """Samples -> prompt-only batch (``input_ids``, ``attention_mask``, ``pixel_values``) + ``references``."""
 
-    def __init__(self, processor: VLMProcessor, on_error: str = "raise") -> None:
+    def __init__(self, processor: VLMProcessor, on_error: str = "raise", pool: Sequence[Sample] = ()) -> None:
         self.processor = processor
         self.on_error = on_error
+        self.pool = pool
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        images, samples = open_images(samples, self.on_error)
+        images, samples = open_images(samples, self.on_error, self.pool)
         batch: dict[str, Any] = self.processor(images, [s.prompt for s in samples])
         batch["references"] = [list(s.references) for s in samples]
         return batch

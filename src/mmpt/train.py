@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,16 +57,19 @@ class Collator:
     """Opens images and calls the processor: a list of samples -> a training batch.
 
     With ``classes`` (objective ``classify``) the batch holds the prompts only, plus ``class_labels``. With
-    ``on_error="skip"`` samples whose image cannot be decoded are left out of the batch (see ``open_images``).
+    ``on_error="skip"`` a sample whose image cannot be decoded is replaced by one of ``pool`` (see
+    ``open_images``).
     """
 
-    def __init__(self, processor: VLMProcessor | HFProcessor, classes: Any = None, on_error: str = "raise") -> None:
+    def __init__(self, processor: VLMProcessor | HFProcessor, classes: Any = None, on_error: str = "raise",
+                 pool: Sequence[Sample] = ()) -> None:
         self.processor = processor
         self.classes = classes
         self.on_error = on_error
+        self.pool = pool
 
     def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        images, samples = open_images(samples, self.on_error)
+        images, samples = open_images(samples, self.on_error, self.pool)
         contexts = [s.context for s in samples] if any(s.context for s in samples) else None
         answers = None if self.classes is not None else [s.target for s in samples]
         batch = self.processor(images, [s.prompt for s in samples], answers, contexts)
@@ -86,13 +90,16 @@ def prepare_objective(ctx: Run, tc: TrainConfig, samples: list[Sample]) -> tuple
         if outside:
             log.warning("answer_head: %d of %d training answers are not in its answer list (ignored by the loss)",
                         outside, len(samples))
-        return samples, Collator(processor, classes, ctx.config.data.on_error), None
+        return samples, Collator(processor, classes, ctx.config.data.on_error, samples), None
     if tc.objective == "scst":
         if ctx.config.task != "caption":
             raise ConfigError(f"train.objective: 'scst' optimizes CIDEr-D of captions; the task is {ctx.config.task}")
+        if not isinstance(processor, VLMProcessor):  # HF generate() output and inputs differ per family
+            raise ConfigError(f"train.objective: 'scst' runs on mmpt's own models (mmpt-tiny) so far, not on "
+                              f"{ctx.loaded.family.name} checkpoints; train those with objective: lm")
         samples = group_by_image(samples)  # one sample per image with all its references
-        return samples, SCSTCollator(processor, ctx.config.data.on_error), CiderD(s.references for s in samples)  # df of the training refs
-    return samples, Collator(processor, on_error=ctx.config.data.on_error), None
+        return samples, SCSTCollator(processor, ctx.config.data.on_error, samples), CiderD(s.references for s in samples)  # df of the training refs
+    return samples, Collator(processor, on_error=ctx.config.data.on_error, pool=samples), None
 
 
 def training_loss(
@@ -158,16 +165,27 @@ def rewind_log(path: Path, stage_names: list[str], stage: int, step: int) -> int
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames or [], list(reader)
 
-    def after(row: dict[str, str]) -> bool:
-        if row.get("stage") not in stage_names or not str(row.get("step", "")).isdigit():
-            return False
-        return (stage_names.index(row["stage"]), int(row["step"])) > (stage, step)
-
-    moved = [r for r in rows if after(r)]
+    # rows are in training order: a new stage starts where the name changes or the step goes back (stage
+    # names may repeat: rounds, the default name)
+    index, previous, late = -1, ("", 0), []
+    for row in rows:
+        name, at = row.get("stage", ""), str(row.get("step", ""))
+        if not at.isdigit():
+            late.append(False)
+            continue
+        if index < 0 or name != previous[0] or int(at) <= previous[1]:
+            index += 1
+        if index >= len(stage_names) or stage_names[index] != name:
+            log.warning("log.csv does not follow the run's stages; left as it is (rows may repeat after resume)")
+            return 0
+        previous = (name, int(at))
+        late.append((index, int(at)) > (stage, step))
+    moved = [r for r, is_late in zip(rows, late, strict=True) if is_late]
     if not moved:
         return 0
     for target, kept in ((fresh_file(path.with_name("log.after-checkpoint.csv")), moved),
-                         (path.with_suffix(".csv.tmp"), [r for r in rows if not after(r)])):
+                         (path.with_suffix(".csv.tmp"), [r for r, is_late in zip(rows, late, strict=True)
+                                                         if not is_late])):
         with open(target, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()

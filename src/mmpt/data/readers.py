@@ -13,7 +13,7 @@ policy, ``on_error``:
 
 Image files are checked once per distinct path: they must exist and PIL must identify their header (about
 0.1 ms a file, some 10 s for COCO's 123k images); the pixels are not decoded, so a file truncated after its
-header is reported when it is loaded (training skips it under ``on_error="skip"``). ``limit=N`` keeps the first N usable
+header is reported when it is loaded (training replaces it under ``on_error="skip"``). ``limit=N`` keeps the first N usable
 samples in file order (samples, not records: a COCO image read per caption gives 5); records after them are
 neither read nor checked. ``docs/data_formats.md`` says where the files come from and how they map to Sample
 fields.

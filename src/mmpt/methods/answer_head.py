@@ -74,15 +74,26 @@ class AnswerHeadMethod(nn.Module):
         nn.init.normal_(self.head.weight, std=0.02)
         self.index = {a: i for i, a in enumerate(self.answers)}
         self._mask: torch.Tensor | None = None
+        self._outer_mask: torch.Tensor | None = None
         self._pooled: torch.Tensor | None = None
         self._handles = [
             backbone.register_forward_pre_hook(self._remember_mask, with_kwargs=True),
             backbone.register_forward_hook(self._pool),
         ]
+        if loaded.model is not backbone:  # outer models may hand the backbone a 4D mask (PaliGemma)
+            self._handles.append(loaded.model.register_forward_pre_hook(self._remember_outer_mask, with_kwargs=True))
+
+    @staticmethod
+    def _padding_mask(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
+        mask = CallArguments(module, args, kwargs).get("attention_mask")
+        return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+
+    def _remember_outer_mask(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._outer_mask = self._padding_mask(module, args, kwargs)
 
     def _remember_mask(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        mask = CallArguments(module, args, kwargs).get("attention_mask")
-        self._mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
+        mask = self._padding_mask(module, args, kwargs)
+        self._mask = mask if mask is not None else self._outer_mask
 
     def _pool(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]

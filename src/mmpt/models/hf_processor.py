@@ -208,10 +208,12 @@ class Strategy:
         padding_side: ``left`` (decoder-only: the same batch serves training and generation) or ``right``.
         continue_with: submodule that continues a sequence from its KV cache without image inputs, where the
             whole model cannot (BLIP-2's forward always encodes pixels); empty: the whole model.
-        position_ids: batches carry ``position_ids`` counted from each row's first real token, as ``generate()``
-            counts them. Without them HF forwards count from the left edge, padding included (PaliGemma from 1),
-            so with prefixes or input prompts a sample's training loss would depend on its batch's padding and
-            differ from what generation sees.
+        first_position: batches carry ``position_ids`` counted from each row's first real token, starting at
+            this number, as ``generate()`` counts them (PaliGemma from 1); None: no ``position_ids``. Without them
+            HF forwards count from the left edge, padding included, so with prefixes or input prompts a sample's
+            training loss would depend on its batch's padding and differ from what generation sees. They are
+            for forward passes: drop them before ``generate()``, which counts positions itself (and PaliGemma's
+            adds 1 to positions it is given).
     """
 
     encode: Callable[..., dict[str, torch.Tensor]]
@@ -223,7 +225,7 @@ class Strategy:
     generation_suffix: str = ""
     padding_side: str = "left"
     continue_with: str = ""
-    position_ids: bool = False
+    first_position: int | None = None
 
 
 ImageList = Sequence[Image.Image | np.ndarray] | None
@@ -297,8 +299,12 @@ def answer_decoder_only(hp: HFProcessor, answer: str) -> list[int]:
         raise NotImplementedError(f"family '{hp.family}' generates from a prompt that training does not use "
                                   "(its generation prompt ends with a suffix); answers cannot be tokenized alone")
     text, spans = conversation(hp.strategy.render, hp.hf, [("?", answer)], False)
-    _, labels = label_text(hp.tokenizer, text, spans)
-    return [t for t in labels if t != IGNORE_INDEX]
+    ids, labels = label_text(hp.tokenizer, text, spans)
+    first = next((i for i, t in enumerate(labels) if t != IGNORE_INDEX), len(labels))
+    if ids[:first] != list(hp.tokenizer(text[: spans[-1][0]], add_special_tokens=False)["input_ids"]):
+        raise NotImplementedError(f"the tokenizer merges the end of the generation prompt with the answer "
+                                  f"{answer!r}; answers cannot be tokenized alone")
+    return labels[first:]
 
 
 def answer_paligemma(hp: HFProcessor, answer: str) -> list[int]:
@@ -316,13 +322,13 @@ def answer_florence2(hp: HFProcessor, answer: str) -> list[int]:
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "llava": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, position_ids=True),
-    "idefics3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, position_ids=True),
+    "llava": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "idefics3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
     "blip2": Strategy(encode_decoder_only, answer_decoder_only, render_blip2, continue_with="language_model",
-                      position_ids=True),
+                      first_position=0),
     "blip": Strategy(encode_decoder_only, answer_decoder_only, render_blip, add_special_tokens=False,
                      generation_suffix="sep_token"),
-    "paligemma": Strategy(encode_paligemma, answer_paligemma, position_ids=True),
+    "paligemma": Strategy(encode_paligemma, answer_paligemma, first_position=1),
     "florence2": Strategy(encode_florence2, answer_florence2, is_encoder_decoder=True, padding_side="right"),
 }
 
@@ -349,7 +355,7 @@ class HFProcessor:
         if strategy.render is render_chat and not getattr(processor, "chat_template", None):
             fallback = render_llava_plain if family == "llava" else render_no_template
             strategy = Strategy(encode_decoder_only, answer_decoder_only, fallback, multi_turn=True,
-                                position_ids=True)
+                                first_position=0)
         self.hf = processor
         self.family = family
         self.strategy = strategy
@@ -389,9 +395,18 @@ class HFProcessor:
             raise ValueError(f"family '{self.family}' has no multi-turn format; contexts work with "
                              f"{', '.join(k for k, s in STRATEGIES.items() if s.multi_turn)}")
         batch = self.strategy.encode(self, images, prompts, answers, contexts)
-        if self.strategy.position_ids:
-            batch["position_ids"] = (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
+        positions = self.position_ids(batch["attention_mask"])
+        if positions is not None:
+            batch["position_ids"] = positions
         return batch
+
+    def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
+        """Positions of a left-padded batch as ``generate()`` counts them (from each row's first real token), or
+        None for families whose forward needs none (see :attr:`Strategy.first_position`)."""
+        first = self.strategy.first_position
+        if first is None:
+            return None
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + first
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of ``answer`` with its end token, as they follow the generation prompt (decoder-only) or as

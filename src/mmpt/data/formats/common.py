@@ -131,6 +131,10 @@ def with_id(where: str, record: Any, key: str) -> str:
     return where
 
 
+IMAGE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+"""What PIL raises for a file that is not a usable image."""
+
+
 def image_problem(path: Path) -> str:
     """Why ``path`` cannot serve as an image ("" when it can): missing, or a header PIL cannot identify.
 
@@ -141,7 +145,7 @@ def image_problem(path: Path) -> str:
     try:
         with Image.open(path):
             pass
-    except (OSError, SyntaxError, ValueError) as exc:
+    except IMAGE_ERRORS as exc:
         return f"unreadable image {path}: {exc}"
     return ""
 
