@@ -124,8 +124,8 @@ def predict(
         ends = {"pad_token_id": processor.pad_token_id, "eos_token_id": processor.tokenizer.eos_token_id}
     out: list[str] = []
     for batch in _in_batches(model, processor, samples, batch_size, "eval", progress):
+        batch.pop("position_ids", None)  # generate() counts positions itself (PaliGemma adds 1 to given ones)
         with autocast():
-            batch.pop("position_ids", None)  # generate() counts positions itself (PaliGemma adds 1 to given ones)
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, **ends)
         if hasattr(processor, "generated_tokens"):  # HF decoder-only models return prompt + continuation
             ids = processor.generated_tokens(ids, batch["input_ids"])

@@ -98,7 +98,8 @@ def prepare_objective(ctx: Run, tc: TrainConfig, samples: list[Sample]) -> tuple
             raise ConfigError(f"train.objective: 'scst' runs on mmpt's own models (mmpt-tiny) so far, not on "
                               f"{ctx.loaded.family.name} checkpoints; train those with objective: lm")
         samples = group_by_image(samples)  # one sample per image with all its references
-        return samples, SCSTCollator(processor, ctx.config.data.on_error, samples), CiderD(s.references for s in samples)  # df of the training refs
+        scorer = CiderD(s.references for s in samples)  # document frequencies of the training references
+        return samples, SCSTCollator(processor, ctx.config.data.on_error, samples), scorer
     return samples, Collator(processor, on_error=ctx.config.data.on_error, pool=samples), None
 
 
