@@ -37,8 +37,8 @@ def main() -> None:
           f"{len(candidates)} candidates, batch {args.batch_size}")
 
     t0 = time.perf_counter()
-    fast = candidate_scores(loaded.model, loaded.processor, samples, candidates, args.batch_size, progress=False,
-                            reuse_prompt=True)
+    fast = candidate_scores(loaded.model, loaded.processor, samples, candidates, progress=False, reuse_prompt=True,
+                            candidate_batch_size=args.batch_size)
     per_fast = (time.perf_counter() - t0) / len(samples)
     n = min(args.full_samples, len(samples))
     t0 = time.perf_counter()

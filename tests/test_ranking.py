@@ -60,7 +60,8 @@ def test_prompt_reuse_equals_full_forward(family, config, base_tokenizer, image)
     if family in ("mmpt-tiny", "llava"):  # multi-turn: only the final answer is scored
         samples.append(Sample(image=image, prompt="is it big?", target="no", context=[("what shape?", "a circle")]))
     assert can_reuse_prompt(loaded.processor)
-    fast = candidate_scores(loaded.model, loaded.processor, samples, CANDIDATES, batch_size=2, progress=False)
+    fast = candidate_scores(loaded.model, loaded.processor, samples, CANDIDATES, progress=False,
+                            candidate_batch_size=2)
     # reference: one full forward per pair, as in training: left-padded batches of 3 (a sample's score must not
     # depend on the padding: HF batches carry position ids counted from the first real token)
     full = candidate_scores(loaded.model, loaded.processor, samples, CANDIDATES, batch_size=3, progress=False,

@@ -49,12 +49,15 @@ def candidate_scores(
     autocast: Autocast = contextlib.nullcontext,
     progress: bool = True,
     reuse_prompt: bool | None = None,
+    candidate_batch_size: int = 128,
 ) -> torch.Tensor:
     """Log-likelihood of every candidate for every sample, shape ``(len(samples), len(candidates))``.
 
     Args:
-        batch_size: candidates scored in one forward pass. With prompt reuse each holds a copy of the prompt's
-            KV cache, so chunks are also kept within 40% of the free GPU memory (2 GiB on CPU).
+        batch_size: (sample, candidate) pairs per full forward pass (without prompt reuse).
+        candidate_batch_size: candidates continued from the prompt at once (with prompt reuse). Each holds a
+            copy of the prompt's KV cache, so chunks are also kept within 40% of the free GPU memory (2 GiB on
+            CPU).
         reuse_prompt: compute the prompt once per sample (see the module docstring); ``None`` picks it whenever
             the processor supports it.
     """
@@ -78,7 +81,7 @@ def candidate_scores(
             if answers is None:
                 rows.append(_full_forward_scores(model, processor, sample, candidates, batch_size, autocast, device))
             else:
-                rows.append(_reuse_scores(model, processor, sample, answers, batch_size, autocast, device))
+                rows.append(_reuse_scores(model, processor, sample, answers, candidate_batch_size, autocast, device))
             bar.update(1)
     finally:
         bar.close()
@@ -95,9 +98,11 @@ def rank_candidates(
     autocast: Autocast = contextlib.nullcontext,
     progress: bool = True,
     reuse_prompt: bool | None = None,
+    candidate_batch_size: int = 128,
 ) -> list[str]:
     """For each sample, the candidate answer with the highest log-likelihood (see :func:`candidate_scores`)."""
-    scores = candidate_scores(model, processor, samples, candidates, batch_size, autocast, progress, reuse_prompt)
+    scores = candidate_scores(model, processor, samples, candidates, batch_size, autocast, progress, reuse_prompt,
+                              candidate_batch_size)
     return [candidates[i] for i in scores.argmax(-1).tolist()]
 
 

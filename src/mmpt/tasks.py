@@ -34,7 +34,7 @@ from mmpt.data import Sample, text_to_box
 from mmpt.evaluate import accuracy, classify, predict
 from mmpt.methods import ATTACH_PREFIX
 from mmpt.metrics import caption_scores, grounding_scores, mme_scores, vqa_scores
-from mmpt.ranking import can_reuse_prompt, rank_candidates
+from mmpt.ranking import rank_candidates
 from mmpt.runconfig import EvalConfig
 
 MAIN_METRIC = {"vqa": "accuracy", "caption": "cider", "ve": "accuracy", "refexp": "acc@0.5", "instruct": "accuracy"}
@@ -128,8 +128,8 @@ def predict_task(
     if head is not None:  # VQA as classification over the head's answer list
         return classify(model, processor, samples, head, config.batch_size, autocast, progress)
     if candidates is not None:
-        size = config.candidate_batch_size if can_reuse_prompt(processor) else config.batch_size  # full passes
-        return rank_candidates(model, processor, samples, candidates, size, autocast, progress)
+        return rank_candidates(model, processor, samples, candidates, config.batch_size, autocast, progress,
+                               candidate_batch_size=config.candidate_batch_size)
     beams = config.num_beams or (5 if task == "caption" else 1)
     return predict(model, processor, samples, config.batch_size, config.max_new_tokens, autocast, progress,
                    num_beams=beams)
