@@ -5,6 +5,7 @@ import torch
 
 from conftest import ANSWERS, PROMPTS, make_tiny
 from mmpt import methods
+from mmpt.contract import cache_kwargs
 from mmpt.methods import PrefixConfig
 
 
@@ -202,14 +203,14 @@ def test_cache_copy_and_reset_keep_prefix_consistent(tiny, images):
     embeds = tiny.model.embed(batch["input_ids"], batch["pixel_values"])
     cache = DynamicCache()
     with torch.no_grad():
-        lm(inputs_embeds=embeds[:, :-1], attention_mask=batch["attention_mask"][:, :-1], past_key_values=cache)
+        lm(inputs_embeds=embeds[:, :-1], attention_mask=batch["attention_mask"][:, :-1], **cache_kwargs(lm, cache))
         assert cache.get_seq_length() == embeds.shape[1] - 1  # real tokens only
         copied = copy.deepcopy(cache)
-        step = lm(inputs_embeds=embeds[:, -1:], attention_mask=batch["attention_mask"], past_key_values=copied)
+        step = lm(inputs_embeds=embeds[:, -1:], attention_mask=batch["attention_mask"], **cache_kwargs(lm, copied))
         full = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)
         assert torch.allclose(step.logits[:, -1], full.logits[:, -1], atol=1e-5)
         cache.reset()
-        again = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], past_key_values=cache)
+        again = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **cache_kwargs(lm, cache))
         assert torch.allclose(again.logits, full.logits, atol=1e-5)
 
 

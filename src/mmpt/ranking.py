@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mmpt.contract import cache_kwargs
 from mmpt.data import Sample
 from mmpt.evaluate import open_image
 
@@ -153,7 +154,7 @@ def _reuse_scores(
 
     cache = DynamicCache()
     with autocast():  # image + prompt once; the cache then serves every candidate
-        first = model(**prompt, past_key_values=cache, use_cache=True).logits[:, -1:]
+        first = model(**prompt, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:]
     first_logp = torch.log_softmax(first.float(), dim=-1)[0, 0]
     text_model = model.get_submodule(getattr(processor, "continue_with", ""))
     mask = prompt["attention_mask"]
@@ -171,7 +172,7 @@ def _reuse_scores(
                 steps = torch.arange(1, chunk.shape[1], device=device)
                 extra["position_ids"] = (prompt["position_ids"][:, -1:] + steps).expand(n, -1)
             with autocast():
-                logits = text_model(input_ids=chunk[:, :-1], past_key_values=grown, use_cache=True,
+                logits = text_model(input_ids=chunk[:, :-1], **cache_kwargs(text_model, grown), use_cache=True,
                                     attention_mask=torch.cat([mask.expand(n, -1), ok[:, :-1].to(mask.dtype)], 1),
                                     **extra).logits
             score = score + _picked(logits, chunk[:, 1:], ok[:, 1:])

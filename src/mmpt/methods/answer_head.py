@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from mmpt.config import check
+from mmpt.contract import CallArguments
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
-from mmpt.methods.blocks import CallArguments
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class AnswerHeadMethod(nn.Module):
 
     @staticmethod
     def _padding_mask(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor | None:
-        mask = CallArguments(module, args, kwargs).get("attention_mask")
+        mask = CallArguments(module, args, kwargs).mask()
         return mask if isinstance(mask, torch.Tensor) and mask.ndim == 2 else None
 
     def _remember_outer_mask(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

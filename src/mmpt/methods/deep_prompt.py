@@ -22,11 +22,12 @@ import torch
 from torch import nn
 
 from mmpt.config import check
+from mmpt.contract import CallArguments, map_masks
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
-from mmpt.methods.blocks import CallArguments, block_width, hidden_of, with_hidden
+from mmpt.methods.blocks import hidden_of, with_hidden
 from mmpt.methods.kv import pad_mask
 from mmpt.methods.prompt import PromptConfig, PromptMethod
-from mmpt.models.family import blocks, get_submodule
+from mmpt.models.family import blocks, get_submodule, tower_width
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -75,7 +76,7 @@ class DeepPromptMethod(nn.Module):
                 f"tokens and are replaced at each later chosen layer); got layers {config.layers}. Include layer 0, "
                 "or use prefix for layer ranges that skip the bottom layers"
             )
-        width = block_width(all_blocks[0])
+        width = tower_width(loaded.model, tower)
         param = next(all_blocks[0].parameters())
         self.prompts = nn.Parameter(
             torch.randn(len(chosen), config.length, width, device=param.device) * config.init_scale
@@ -110,7 +111,7 @@ class DeepPromptMethod(nn.Module):
 
         def capture(slot: int) -> Callable[..., Any]:
             def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-                seen[slot] = CallArguments(block, args, kwargs).get("hidden_states")[0].detach().clone()
+                seen[slot] = CallArguments(block, args, kwargs).hidden()[0].detach().clone()
 
             return hook
 
@@ -131,17 +132,22 @@ class DeepPromptMethod(nn.Module):
     def _insert(self, slot: int) -> Callable[..., Any]:
         def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             call = CallArguments(block, args, kwargs)
-            hidden = call.get("hidden_states")
+            hidden = call.hidden()
             prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
             call.set("hidden_states", torch.cat([prompts, hidden], dim=1))
-            mask = call.get("attention_mask")
-            if isinstance(mask, torch.Tensor):  # (B, 1, Q, K): new rows and columns are visible
-                mask = pad_mask(mask, self.config.length)
-                rows = mask[..., :1, :].expand(*mask.shape[:-2], self.config.length, mask.shape[-1])
-                call.set("attention_mask", torch.cat([rows, mask], dim=-2))
+            if call.mask() is not None:  # setting None would add an argument the block may not take
+                call.set("attention_mask", map_masks(call.mask(), self._grow_encoder_mask))
             return call.result()
 
         return hook
+
+    def _grow_encoder_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """(B, 1, Q, K) encoder mask: the prompts' rows and columns are visible."""
+        if mask.ndim != 4:
+            raise ValueError(f"deep_prompt expects a prepared (B, 1, Q, K) encoder mask, got shape {tuple(mask.shape)}")
+        mask = pad_mask(mask, self.config.length)
+        rows = mask[..., :1, :].expand(*mask.shape[:-2], self.config.length, mask.shape[-1])
+        return torch.cat([rows, mask], dim=-2)
 
     def _drop(self, block: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         return with_hidden(out, hidden_of(out)[:, self.config.length :])
@@ -151,7 +157,7 @@ class DeepPromptMethod(nn.Module):
             if not self._inner_list[0]._stripping:  # decoding step: prompts are in the cache already
                 return None
             call = CallArguments(block, args, kwargs)
-            hidden = call.get("hidden_states")
+            hidden = call.hidden()
             prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
             call.set("hidden_states", torch.cat([prompts, hidden[:, self.config.length :]], dim=1))
             return call.result()

@@ -32,7 +32,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from mmpt.methods.blocks import CallArguments
+from mmpt.contract import CallArguments, map_masks
 
 PREFIX = "mmpt_"
 SLOT_ATTR = "_mmpt_kv_slot"  # on an attention module
@@ -217,10 +217,11 @@ class KVInjection:
             self._configs[id(config)] = config
 
         def hook(mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            cache = CallArguments(mod, args, kwargs).get("past_key_values")
+            call = CallArguments(mod, args, kwargs)
+            cache = call.cache()
             slot.in_cache = cache is not None and slot.active and slot.layer_idx is not None
             if slot.in_cache:
-                hidden = CallArguments(mod, args, kwargs).get("hidden_states")
+                hidden = call.hidden()
                 slot.write_to_cache(cache, hidden.shape[0], hidden.dtype)
 
         return hook
@@ -236,15 +237,14 @@ class KVInjection:
             if not slot.active:
                 return None
             call = CallArguments(mod, args, kwargs)
-            cache = call.get("past_key_values")
+            cache = call.cache()
             if cache is None:
                 cache = DynamicCache()
-                call.set("past_key_values", cache)
-            hidden = call.get("hidden_states")
+                call.set_cache(cache)
+            hidden = call.hidden()
             n = slot.write_to_cache(cache, hidden.shape[0], hidden.dtype)
-            mask = call.get("attention_mask")
-            if isinstance(mask, torch.Tensor):
-                call.set("attention_mask", pad_mask(mask, n))
+            if call.mask() is not None:
+                call.set("attention_mask", map_masks(call.mask(), lambda m: pad_mask(m, n)))
             return call.result()
 
         return hook

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from mmpt.config import check
+from mmpt.contract import CallArguments, map_masks
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
-from mmpt.methods.blocks import CallArguments
 from mmpt.methods.kv import pad_mask
 from mmpt.models.family import get_submodule
 
@@ -82,7 +82,7 @@ class PromptMethod(nn.Module):
             self._handles.append(loaded.model.register_forward_pre_hook(self._extend_mask, with_kwargs=True))
 
     def _decoding(self, call: CallArguments) -> bool:
-        cache = call.get("past_key_values")
+        cache = call.cache()
         return cache is not None and getattr(cache, self._mark, None) == self.config.length and (
             cache.get_seq_length() > 0
         )
@@ -92,10 +92,10 @@ class PromptMethod(nn.Module):
         call = CallArguments(module, args, kwargs)
         if not self._decoding(call):
             return None
-        mask, n = call.get("attention_mask"), self.config.length
+        mask, n = call.mask(), self.config.length
         new = call.get("inputs_embeds") if call.get("inputs_embeds") is not None else call.get("input_ids")
         if isinstance(mask, torch.Tensor) and mask.ndim == 2 and new is not None and (
-            mask.shape[1] == call.get("past_key_values").get_seq_length() - n + new.shape[1]
+            mask.shape[1] == call.cache().get_seq_length() - n + new.shape[1]
         ):
             call.set("attention_mask", torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1))
             return call.result()
@@ -104,9 +104,9 @@ class PromptMethod(nn.Module):
     def _prepend(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = CallArguments(module, args, kwargs)
         n = self.config.length
-        cache = call.get("past_key_values")
-        mask = call.get("attention_mask")
-        positions = call.get("position_ids")
+        cache = call.cache()
+        mask = call.mask()
+        positions = call.positions()
         self._stripping = False
         if self._decoding(call):
             # decoding step: the prompt is in the cache; extend the caller's mask and positions
@@ -117,10 +117,11 @@ class PromptMethod(nn.Module):
                 # continue from where prefill ended; callers differ in whether their positions count the
                 # cached prompt (HF generate() counts from the mask, PaliGemma from the cache length)
                 following = getattr(cache, f"{self._mark}_next", None)
-                if following is not None and following.shape[0] in (1, positions.shape[0]):
-                    # (one row: a cache copied to a batch of continuations, e.g. candidate ranking)
+                if following is not None and following.shape[-2] in (1, positions.shape[-2]):
+                    # (one row: a cache copied to a batch of continuations, e.g. candidate ranking);
+                    # positions are (B, L) or multimodal-RoPE (k, B, L): the batch axis is -2
                     q = positions.shape[-1]
-                    following = following.expand(positions.shape[0], -1)
+                    following = following.expand(*positions.shape[:-1], 1)
                     call.set("position_ids", following + torch.arange(q, device=positions.device))
                     setattr(cache, f"{self._mark}_next", following + q)
                 else:
@@ -135,8 +136,10 @@ class PromptMethod(nn.Module):
         call.set("inputs_embeds", torch.cat([prompt, embeds], dim=1))
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:
             call.set("attention_mask", torch.cat([mask.new_ones(batch, n), mask], dim=1))
-        elif isinstance(mask, torch.Tensor) and mask.ndim == 4:  # a prepared (B, 1, Q, K) mask, e.g. PaliGemma
-            call.set("attention_mask", _prepend_to_4d(mask, n))
+        elif isinstance(mask, dict) or (isinstance(mask, torch.Tensor) and mask.ndim == 4):
+            # prepared (B, 1, Q, K) masks (PaliGemma), or one per attention type (full / sliding window): the
+            # prompt columns are visible to every query, so prompts never slide out of a window
+            call.set("attention_mask", map_masks(mask, lambda m: _prepend_to_4d(m, n)))
         if positions is not None:
             # contiguous with the real positions (some models count from 1; a gap would read as a new packed
             # sequence to transformers' mask builder)

@@ -98,3 +98,10 @@ def attention_modules(root: nn.Module, tower: Tower, cross: bool = False) -> lis
         kind = "cross-attention" if cross else "attention"
         raise ValueError(f"tower '{tower.module}' declares no {kind} modules")
     return [get_submodule(block, path) for block in blocks(root, tower)]
+
+
+def tower_width(root: nn.Module, tower: Tower) -> int:
+    """Hidden size of a transformer tower's blocks (from its config; see :func:`mmpt.contract.tower_width`)."""
+    from mmpt.contract import tower_width as width
+
+    return width(get_submodule(root, tower.module), blocks(root, tower)[0])

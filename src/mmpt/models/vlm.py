@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mmpt.contract import cache_in
+
 IGNORE_INDEX = -100
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -101,7 +103,7 @@ class VisionLanguageModel(nn.Module):
     ) -> Any:
         """Run the LM on text + image embeddings; returns the LM's output (``loss`` set when ``labels`` given)."""
         embeds = self.embed(input_ids, pixel_values)
-        if attention_mask is not None and kwargs.get("position_ids") is None and kwargs.get("past_key_values") is None:
+        if attention_mask is not None and kwargs.get("position_ids") is None and cache_in(kwargs) is None:
             # count positions from the first real token, as generate() does, so left padding does not shift them
             kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)

@@ -11,8 +11,8 @@ from torch import nn
 
 from mmpt.config import check
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
-from mmpt.methods.blocks import block_width, hidden_of, with_hidden
-from mmpt.models.family import blocks
+from mmpt.methods.blocks import hidden_of, with_hidden
+from mmpt.models.family import blocks, tower_width
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -64,8 +64,9 @@ class AdapterMethod(nn.Module):
         self._handles: list[Any] = []
         device = next(loaded.model.parameters()).device
         for tower_name in loaded.family.resolve(config.towers):
-            for i, block in enumerate(blocks(loaded.model, loaded.family.tower(tower_name))):
-                dim = block_width(block)
+            tower = loaded.family.tower(tower_name)
+            dim = tower_width(loaded.model, tower)
+            for i, block in enumerate(blocks(loaded.model, tower)):
                 adapter = Bottleneck(dim, config.bottleneck).to(device)
                 self.adapters[f"{tower_name}_{i}"] = adapter
                 hook = self._parallel(adapter) if config.placement == "parallel" else self._sequential(adapter)

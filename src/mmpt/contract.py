@@ -1,0 +1,222 @@
+"""The contract between mmpt and transformers: everything mmpt assumes about a model's call arguments.
+
+Methods inject by hooks, so they read and replace the arguments transformers passes between its modules. Those
+arguments change between releases (5.24 renamed ``past_key_values`` to ``cache`` in decoder layers and attention
+modules), so every such assumption lives here, and methods never read a call argument by name themselves:
+
+- **the KV cache**: passed as ``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier 5.x), by position or
+  keyword. A :class:`~transformers.cache_utils.Cache` object found under any other name raises
+  :class:`ContractError` instead of being ignored: a hook that misses the cache while the model generates would
+  re-inject its tokens at every step and silently change the output.
+- **attention masks**: a tensor (2-D padding mask, or a prepared 4-D ``(B, 1, Q, K)`` mask, boolean or additive),
+  or a dict of such masks keyed by attention type (``full_attention``, ``sliding_attention``); helpers apply one
+  edit to every mask in the dict.
+- **position ids**: ``(B, L)`` or multimodal-RoPE ``(k, B, L)`` (Qwen2-VL style); sequence is always the last axis.
+- **hidden states**: ``(B, L, D)``, sequence on axis 1.
+- **a block's width**: the tower's ``config.hidden_size`` (never guessed from the first norm found, which may be
+  a per-head ``q_norm``).
+
+Supported range: transformers 5.0 up to the newest release served (``make test-latest`` checks it).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from transformers.cache_utils import Cache
+
+CACHE_NAMES = ("cache", "past_key_values", "past_key_value")
+"""Names transformers has used for the KV cache argument, newest first."""
+
+
+class ContractError(RuntimeError):
+    """transformers passed something mmpt's hooks do not understand: raised instead of guessing."""
+
+
+def _positional_names(module: nn.Module) -> list[str]:
+    params = inspect.signature(module.forward).parameters.values()
+    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _library_cache_name() -> str:
+    """The cache argument name of the installed transformers' decoder models."""
+    from transformers.models.llama.modeling_llama import LlamaModel
+
+    params = inspect.signature(LlamaModel.forward).parameters
+    for name in CACHE_NAMES:
+        if name in params:
+            return name
+    raise ContractError(
+        f"transformers' LlamaModel.forward takes none of {', '.join(CACHE_NAMES)} as its KV cache argument; this "
+        "transformers release is not supported by mmpt (supported: 5.0 to the newest tested, see README)"
+    )
+
+
+def cache_argument(module: nn.Module) -> str:
+    """The name under which ``module.forward`` takes its KV cache (``cache`` or ``past_key_values``).
+
+    A forward that names none but takes ``**kwargs`` (a wrapper such as mmpt-tiny's VLM) gets the installed
+    transformers' convention.
+    """
+    params = inspect.signature(module.forward).parameters
+    for name in CACHE_NAMES:
+        if name in params:
+            return name
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return _library_cache_name()
+    raise ContractError(
+        f"{type(module).__name__}.forward takes no KV cache argument (looked for {', '.join(CACHE_NAMES)}); "
+        "this transformers release is not supported by mmpt (supported: 5.0 to the newest tested, see README)"
+    )
+
+
+def cache_kwargs(module: nn.Module, cache: Any) -> dict[str, Any]:
+    """``{name: cache}`` to pass a KV cache to ``module`` under the name its forward expects."""
+    return {cache_argument(module): cache}
+
+
+def cache_in(kwargs: dict[str, Any]) -> Any:
+    """The KV cache among keyword arguments (either name), or None."""
+    return next((kwargs[n] for n in CACHE_NAMES if kwargs.get(n) is not None), None)
+
+
+class CallArguments:
+    """Read and replace the arguments of a hooked forward call, whether passed by position or keyword.
+
+    Generic ``get``/``set`` take a name; the cache, mask and positions have their own accessors, which know
+    every name transformers uses for them.
+    """
+
+    def __init__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.module = module
+        self.names = _positional_names(module)
+        self.args, self.kwargs = list(args), dict(kwargs)
+
+    def _has(self, name: str) -> bool:
+        return name in self.kwargs or (name in self.names and self.names.index(name) < len(self.args))
+
+    def get(self, name: str) -> Any:
+        """The argument called ``name`` (None when not passed)."""
+        if name in self.kwargs:
+            return self.kwargs[name]
+        if name in self.names and self.names.index(name) < len(self.args):
+            return self.args[self.names.index(name)]
+        return None
+
+    def set(self, name: str, value: Any) -> None:
+        """Replace (or add, as a keyword) the argument called ``name``."""
+        if name in self.names and self.names.index(name) < len(self.args):
+            self.args[self.names.index(name)] = value
+        else:
+            self.kwargs[name] = value
+
+    def result(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """``(args, kwargs)`` for a forward pre-hook to return."""
+        return tuple(self.args), self.kwargs
+
+    # --- the KV cache -------------------------------------------------------------------------------------
+    def _cache_name(self) -> str | None:
+        for name in CACHE_NAMES:
+            if self._has(name) and self.get(name) is not None:
+                return name
+        return None
+
+    def cache(self) -> Any:
+        """The KV cache passed to this call, or None when there is none.
+
+        Raises :class:`ContractError` when a ``Cache`` object is passed under a name mmpt does not know.
+        """
+        name = self._cache_name()
+        if name is not None:
+            return self.get(name)
+        named = list(self.kwargs.items()) + list(zip(self.names, self.args, strict=False))
+        for key, value in named:
+            if isinstance(value, Cache):
+                raise ContractError(
+                    f"{type(self.module).__name__} received its KV cache as '{key}', an argument name mmpt does "
+                    f"not know (known: {', '.join(CACHE_NAMES)}); this transformers release changed the call "
+                    "convention. Install the locked versions (`make install`) or report it; mmpt refuses to "
+                    "guess because a missed cache changes generations silently"
+                )
+        return None
+
+    def set_cache(self, cache: Any) -> None:
+        """Pass ``cache`` under the name this call (or else the module's signature) uses."""
+        name = self._cache_name()
+        if name is None:
+            params = inspect.signature(self.module.forward).parameters
+            name = next((n for n in CACHE_NAMES if n in params), None)
+        if name is None:
+            raise ContractError(f"{type(self.module).__name__}.forward takes no KV cache argument")
+        self.set(name, cache)
+
+    # --- masks, positions, hidden states --------------------------------------------------------------------
+    def mask(self) -> torch.Tensor | dict[str, torch.Tensor] | None:
+        """The attention mask: a tensor, a dict of masks by attention type, or None."""
+        mask = self.get("attention_mask")
+        if mask is None or isinstance(mask, torch.Tensor | dict):
+            return mask
+        raise ContractError(f"{type(self.module).__name__} received an attention mask of type {type(mask).__name__}")
+
+    def positions(self) -> torch.Tensor | None:
+        """``position_ids``: ``(B, L)`` or multimodal-RoPE ``(k, B, L)``."""
+        return self.get("position_ids")
+
+    def hidden(self) -> torch.Tensor:
+        """``hidden_states`` of a block call, ``(B, L, D)``."""
+        hidden = self.get("hidden_states")
+        if hidden is None and self.args:
+            hidden = self.args[0]
+        if not isinstance(hidden, torch.Tensor):
+            raise ContractError(f"{type(self.module).__name__} was called without hidden states mmpt can read")
+        return hidden
+
+
+def map_masks(
+    mask: torch.Tensor | dict[str, torch.Tensor] | None, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor | dict[str, torch.Tensor] | None:
+    """Apply ``edit`` to a mask tensor, or to every tensor of a dict of masks (``None`` entries kept)."""
+    if mask is None:
+        return None
+    if isinstance(mask, dict):
+        return {k: (edit(v) if isinstance(v, torch.Tensor) else v) for k, v in mask.items()}
+    return edit(mask)
+
+
+def tower_width(tower_module: nn.Module, block: nn.Module) -> int:
+    """Hidden size of a transformer tower's blocks.
+
+    Read from the tower's config (``hidden_size``, ``d_model`` or ``embed_dim``) and checked against the block's
+    norms: a config width that no ``LayerNorm``/``RMSNorm`` of the block has raises :class:`ContractError`. Without
+    a config, the norm width that occurs most often in the block (a per-head ``q_norm`` is outnumbered by the
+    hidden-width norms around attention and MLP).
+    """
+    widths: list[int] = []
+    for module in block.modules():
+        if isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm"):
+            weight = getattr(module, "weight", None)
+            if weight is not None and weight.ndim == 1:
+                widths.append(weight.shape[0])
+    config = getattr(tower_module, "config", None)
+    for key in ("hidden_size", "d_model", "embed_dim"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            if widths and value not in widths:
+                raise ContractError(
+                    f"{type(tower_module).__name__}'s config says hidden size {value}, but no norm of its "
+                    f"{type(block).__name__} has that width (found {sorted(set(widths))}); the family's tower path "
+                    "may point at the wrong module"
+                )
+            return value
+    if not widths:
+        raise ContractError(f"cannot find the hidden width of {type(block).__name__}")
+    return max(set(widths), key=widths.count)
+
+
+def position_tail(positions: torch.Tensor) -> torch.Tensor:
+    """The last position of each sequence, keeping leading axes: ``(..., B, 1)``."""
+    return positions[..., -1:]
