@@ -88,7 +88,7 @@ def test_method_on_tiny(config, images, tmp_path):
     method.remove()
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, base)
-    reloaded = methods.load(loaded, path)
+    reloaded = methods.load(loaded, path, strict_fingerprint=False)  # full/bitfit changed the base itself
     with torch.no_grad():
         assert torch.allclose(model(**batch).logits, tuned, atol=1e-6)
     reloaded.remove()

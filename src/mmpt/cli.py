@@ -206,6 +206,32 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"mmpt: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        run_dir = getattr(exc, "run_dir", None)
+        where = (f"; continue from its last checkpoint with `mmpt train --resume {run_dir}`" if run_dir is not None
+                 else "")
+        print(f"mmpt: interrupted{where}", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        return _runtime_error(exc)
+
+
+def _runtime_error(exc: RuntimeError) -> int:
+    """One line for the runtime failures mmpt expects (divergence, GPU out of memory); others propagate."""
+    import torch
+
+    from mmpt.guard import TrainingDiverged
+
+    if isinstance(exc, TrainingDiverged):
+        print(f"mmpt: {exc}", file=sys.stderr)
+        return 3
+    if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+        print("mmpt: error: the accelerator ran out of memory; lower train.batch_size and raise train.grad_accum "
+              "to keep the effective batch, use train.precision=bf16, lower eval.batch_size for evaluation, or "
+              "enable gradient checkpointing (model.gradient_checkpointing_enable() in the Python API)",
+              file=sys.stderr)
+        return 3
+    raise exc
 
 
 if __name__ == "__main__":

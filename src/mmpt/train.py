@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 from mmpt import methods, models
 from mmpt.checkpoint import (
     TrainState,
+    check_resume_config,
     load_method_weights,
     load_optimizer_state,
     read_best,
-    read_state,
+    resolve_checkpoint,
     rng_state,
     save_checkpoint,
     save_methods,
@@ -42,6 +43,7 @@ from mmpt.config import ConfigError, to_dict
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
 from mmpt.evaluate import open_images
+from mmpt.guard import NumericGuard, gradients_finite
 from mmpt.inference import model_kwargs
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
@@ -235,6 +237,7 @@ class Run:
     progress: bool
     applied: dict[str, methods.Method] = field(default_factory=dict)
     tensorboard: Any = None
+    resume_dir: Path | None = None  # the checkpoint folder a resume continues from
 
     @property
     def main(self) -> bool:
@@ -280,7 +283,7 @@ class Run:
             states = gather_object(states)  # in rank order
         if self.main:
             save_checkpoint(self.out_dir / "checkpoint", self.applied, self.base_fingerprint, optimizer, scheduler,
-                            self.state, states)
+                            self.state, states, to_dict(self.config))
         self.accelerator.wait_for_everyone()
 
 
@@ -294,7 +297,6 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     if len(precisions) > 1:
         raise ConfigError(f"train.precision: all stages must share one precision, got {sorted(precisions)}")
     precision = precisions.pop()
-    state = read_state(Path(resume) / "checkpoint") if resume is not None else TrainState()
     # several runs in one Python process (notebooks, tests) may differ in precision: start from a fresh
     # accelerator state; the process group of a distributed launch (PartialState) is kept
     AcceleratorState._reset_state()
@@ -305,19 +307,77 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(config.seed)
-    train_samples, eval_samples = build_data(config.data, config.seed)  # bad data fails before any folder exists
-    if not train_samples:
-        raise ConfigError("data: no training samples; give data.train (mmpt eval evaluates without training)")
-    check_metric(config)
-    if resume is not None:
-        out_dir = Path(resume)
-    else:  # the main process picks a fresh folder; the others learn its name (nothing is written twice)
-        chosen = [str(unique_run_dir(config)) if accelerator.is_main_process else ""]
-        if accelerator.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
+    lock = RunLock(Path(resume)) if resume is not None and accelerator.is_main_process else None
+    try:
+        resume_dir, state = resolve_checkpoint(Path(resume)) if resume is not None else (None, TrainState())
+        if resume_dir is not None:
+            check_resume_config(resume_dir, to_dict(config))
+        train_samples, eval_samples = build_data(config.data, config.seed)  # bad data fails before any folder
+        if not train_samples:
+            raise ConfigError("data: no training samples; give data.train (mmpt eval evaluates without training)")
+        check_metric(config)
+        if resume is not None:
+            out_dir = Path(resume)
+        else:  # the main process picks a fresh folder; the others learn its name (nothing is written twice)
+            chosen = [str(unique_run_dir(config)) if accelerator.is_main_process else ""]
+            if accelerator.num_processes > 1:
+                from accelerate.utils import broadcast_object_list
 
-            broadcast_object_list(chosen)
-        out_dir = Path(chosen[0])
+                broadcast_object_list(chosen)
+            out_dir = Path(chosen[0])
+            lock = RunLock(out_dir) if accelerator.is_main_process else None
+        try:
+            return _train_in(config, accelerator, out_dir, state, resume_dir, train_samples, eval_samples, progress)
+        except KeyboardInterrupt:
+            raise Interrupted(out_dir) from None
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: carries the run folder so the CLI can say how to resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+class RunLocked(FileExistsError):
+    """Another process is training in the run folder."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``.mmpt.lock``), held while a process trains in it; released when
+    the process ends, however it ends."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from filelock import FileLock, Timeout
+
+        self._lock = FileLock(str(run_dir / ".mmpt.lock"), timeout=0)
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunLocked(f"another mmpt process is training in {run_dir} (it holds {run_dir / '.mmpt.lock'}); "
+                            "wait for it to finish or stop it, then resume") from None
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+def _train_in(
+    config: RunConfig,
+    accelerator: Accelerator,
+    out_dir: Path,
+    state: TrainState,
+    resume_dir: Path | None,
+    train_samples: list[Sample],
+    eval_samples: list[Sample],
+    progress: bool,
+) -> dict[str, Any]:
+    """The body of :func:`run` once the run folder is chosen and locked."""
+    stages = config.stage_list()
+    resume = out_dir if resume_dir is not None else None
     main = accelerator.is_main_process
     say = accelerator.print
     say(f"mmpt: run folder {out_dir}" + (f" (resuming stage {state.stage + 1}, step {state.step})" if resume else ""))
@@ -342,12 +402,13 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         if best is not None and (state.best_score is None or best["score"] > state.best_score):
             state.best_score, state.best_step = best["score"], best["tag"]
     ctx = Run(config, accelerator, loaded, out_dir, eval_samples, methods.fingerprint(loaded.model), state,
-              progress, tensorboard=tensorboard_writer(out_dir / "tensorboard") if main else None)
+              progress, tensorboard=tensorboard_writer(out_dir / "tensorboard") if main else None,
+              resume_dir=resume_dir)
     metrics = state.metrics
     if config.eval.before and eval_samples and "before" not in metrics:
         metrics["before"] = ctx.evaluate("before")
 
-    checkpoint_dir = out_dir / "checkpoint"
+    checkpoint_dir = resume_dir or out_dir / "checkpoint"
     for index, stage in enumerate(stages):
         if resume is not None and index == state.stage and state.step == 0:
             load_method_weights(checkpoint_dir, ctx.applied)  # the methods of the stages already finished
@@ -428,7 +489,8 @@ def train_stage(
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(tc.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, min(warmup, total), total))
     if resuming:
-        load_optimizer_state(ctx.out_dir / "checkpoint", optimizer, scheduler, accelerator.process_index)
+        load_optimizer_state(ctx.resume_dir or ctx.out_dir / "checkpoint", optimizer, scheduler,
+                             accelerator.process_index)
 
     main = ctx.main
     bar = tqdm(total=total, initial=state.step, desc=stage.name, unit="step", disable=not (ctx.progress and main))
@@ -439,6 +501,7 @@ def train_stage(
     running = float("nan") if state.running_loss is None else state.running_loss  # smoothed loss, as logged
     started, seen_before, seconds_before = time.perf_counter(), state.seen, state.seconds
     wrapped.train()
+    guard = NumericGuard(stage.name, str(ctx.out_dir))
 
     with open(log_path, "a", newline="") as log_file:
         writer = csv.DictWriter(log_file, fieldnames=["stage", "step", "loss", "lr", "samples_per_s"])
@@ -451,18 +514,25 @@ def train_stage(
                 with accelerator.accumulate(wrapped):
                     loss, extra = training_loss(ctx, wrapped, batch, tc, helper)
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and tc.grad_clip:
-                        accelerator.clip_grad_norm_(trainable, tc.grad_clip)
-                    optimizer.step()
-                    if accelerator.sync_gradients:
-                        scheduler.step()
+                    # a non-finite loss or gradient skips the optimizer step (counted; several in a row stop)
+                    finite = not accelerator.sync_gradients or guard.step_ok(
+                        gradients_finite(trainable), state.step + 1)
+                    if finite:
+                        if accelerator.sync_gradients and tc.grad_clip:
+                            accelerator.clip_grad_norm_(trainable, tc.grad_clip)
+                        optimizer.step()
+                        if accelerator.sync_gradients:
+                            scheduler.step()
                     optimizer.zero_grad()
                 state.batches_in_epoch += 1
                 state.seen += batch["input_ids"].shape[0] * accelerator.num_processes
-                running = loss.item() if math.isnan(running) else 0.9 * running + 0.1 * loss.item()
+                value = loss.item()
+                if math.isfinite(value):
+                    running = value if math.isnan(running) else 0.9 * running + 0.1 * value
                 if not accelerator.sync_gradients:
                     continue
                 state.step += 1
+                guard.watch(running, state.step)
                 state.running_loss = running
                 state.seconds = seconds_before + time.perf_counter() - started
                 rate = (state.seen - seen_before) / max(time.perf_counter() - started, 1e-9)
@@ -492,4 +562,4 @@ def train_stage(
     wrapped.eval()
     seconds = seconds_before + time.perf_counter() - started
     return {"steps": state.step, "samples": state.seen, "seconds": round(seconds, 1), "final_loss": running,
-            "samples_per_s": state.seen / max(seconds, 1e-9)}
+            "samples_per_s": state.seen / max(seconds, 1e-9), **guard.summary()}

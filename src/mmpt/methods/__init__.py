@@ -12,9 +12,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from mmpt.config import from_dict, to_dict
+from mmpt.integrity import (
+    IntegrityError,
+    check_finite,
+    read_safetensors,
+    save_safetensors,
+    verify_safetensors,
+)
 from mmpt.methods import (  # noqa: F401 - registration
     adapter,
     answer_head,
@@ -91,35 +97,56 @@ def fingerprint(model: torch.nn.Module) -> str:
 
 
 def save(method: Method, path: str | Path, base_fingerprint: str = "") -> None:
-    """Write method parameters (safetensors) with the method config and base fingerprint as metadata."""
+    """Write method parameters (safetensors) with the method config and base fingerprint as metadata.
+
+    The file carries the SHA-256 of its tensors (checked by :func:`load`) and is byte-identical for the same
+    parameters; parameters holding NaN or infinity are refused (:class:`~mmpt.integrity.IntegrityError`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
+    check_finite(state, f"{path} (not written)", "the weights diverged: lower train.lr or use an earlier checkpoint")
     meta = {"config": json.dumps(to_dict(method.config)), "base_fingerprint": base_fingerprint, "format": "mmpt-1"}
-    save_file(state, str(path), metadata=meta)
+    save_safetensors(state, path, meta)
 
 
 def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True) -> Method:
-    """Apply the method stored at ``path`` to ``loaded`` and load its parameters."""
-    from safetensors import safe_open
+    """Apply the method stored at ``path`` to ``loaded`` and load its parameters.
 
+    Refused with one line: a missing, truncated or damaged file (its checksum), non-finite weights, a file
+    without mmpt metadata, and (with ``strict_fingerprint``) one trained on another base model or carrying no
+    base-model fingerprint.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"method checkpoint {path} does not exist")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    what = "use another copy (e.g. the run's best/ or checkpoint/) or train it again"
+    meta = verify_safetensors(path, what)
     if meta.get("format") != "mmpt-1" or "config" not in meta:
         raise ValueError(f"{path} is not an mmpt method checkpoint (no mmpt metadata)")
-    raw = json.loads(meta["config"])
-    config = from_dict(get_method(raw["name"]).config_cls, raw, "method")
+    try:
+        raw = json.loads(meta["config"])
+        config = from_dict(get_method(raw["name"]).config_cls, raw, "method")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise IntegrityError(f"{path}: its method config is damaged ({exc!r}); {what}") from None
     expected = meta.get("base_fingerprint", "")
-    if strict_fingerprint and expected and expected != fingerprint(loaded.model):
+    if strict_fingerprint and not expected:
+        raise ValueError(f"{path} records no base-model fingerprint, so mmpt cannot check it fits this model; "
+                         "pass strict_fingerprint=False if you know it does")
+    if strict_fingerprint and expected != fingerprint(loaded.model):
         raise ValueError(
             f"{path} was trained on a different base model (fingerprint {expected}, this model "
             f"{fingerprint(loaded.model)}); load the same base or pass strict_fingerprint=False"
         )
+    device = str(next(loaded.model.parameters()).device)
+    tensors = read_safetensors(path, what, device)
+    check_finite(tensors, str(path), what)
     method = apply(loaded, config)
-    method.load_state_dict(load_file(str(path), device=str(next(loaded.model.parameters()).device)))
+    try:
+        method.load_state_dict(tensors)
+    except RuntimeError as exc:
+        method.remove()
+        raise IntegrityError(f"{path}: its tensors do not fit the {config.name} method it names; {what}") from exc
     return method
 
 
