@@ -13,6 +13,7 @@ from mmpt import methods, models
 from mmpt.config import ConfigError
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
+from mmpt.integrity import write_manifest
 from mmpt.runconfig import EvalConfig, ModelConfig, load_run_config, smoke
 from mmpt.tasks import evaluate_task, predict_task
 
@@ -76,6 +77,7 @@ def evaluate_config(
 
     out = unique_run_dir(replace(config, name=f"{config.name}-eval"))
     (out / "metrics.json").write_text(json.dumps({"run": str(run_dir or ""), **result.metrics}, indent=2))
+    write_manifest(out, ["metrics.json"])
     with open(out / "predictions.jsonl", "w") as f:
         for row in result.rows:
             f.write(json.dumps(row, default=str) + "\n")

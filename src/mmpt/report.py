@@ -48,16 +48,19 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     """A markdown table of the final metrics of several runs; rows are appended to ``csv_path`` if given
     (earlier rows are kept; the header grows when new metrics appear)."""
     import csv
-    import json
 
     import yaml
+
+    from mmpt.integrity import verified_json
 
     rows: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         path = run_dir / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished mmpt run")
-        m = json.loads(path.read_text())
+        m = verified_json(path, f"re-run `mmpt eval` on {run_dir} or leave it out of the report")
+        if not isinstance(m, dict):
+            raise ValueError(f"{path}: not the metrics mmpt writes (a JSON object); leave {run_dir} out of the report")
         after = m.get("after", {})
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
         row: dict[str, Any] = {"run": run_dir.name, "task": cfg.get("task", ""),

@@ -45,6 +45,7 @@ from mmpt.data.sources import build_data
 from mmpt.evaluate import open_images
 from mmpt.guard import NumericGuard, gradients_finite
 from mmpt.inference import model_kwargs
+from mmpt.integrity import write_manifest
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
 from mmpt.report import write_report
@@ -454,6 +455,7 @@ def _train_in(
         for name, method in ctx.applied.items():
             methods.save(method, out_dir / f"{name}.safetensors", ctx.base_fingerprint)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_manifest(out_dir, [*(f"{name}.safetensors" for name in ctx.applied), "metrics.json"])
         say(write_report(out_dir, config, metrics))
         if ctx.tensorboard is not None:
             ctx.tensorboard.close()
