@@ -217,6 +217,16 @@ def tower_width(tower_module: nn.Module, block: nn.Module) -> int:
     return max(set(widths), key=widths.count)
 
 
+def is_sliding(attention: nn.Module) -> bool:
+    """Whether an attention module uses a sliding window (``sliding_window`` set on the module, as Gemma 2/3
+    and Mistral-style modules do, or its layer type in the config)."""
+    if getattr(attention, "is_sliding", False) or getattr(attention, "sliding_window", None):
+        return True
+    layer_types = getattr(getattr(attention, "config", None), "layer_types", None)
+    idx = getattr(attention, "layer_idx", None)
+    return bool(layer_types and idx is not None and idx < len(layer_types) and layer_types[idx] == "sliding_attention")
+
+
 def position_tail(positions: torch.Tensor) -> torch.Tensor:
     """The last position of each sequence, keeping leading axes: ``(..., B, 1)``."""
     return positions[..., -1:]

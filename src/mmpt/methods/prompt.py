@@ -3,7 +3,9 @@
 A pre-hook on the decoder's backbone prepends the prompt to ``inputs_embeds`` (extending the padding mask and
 explicit position ids); a forward hook drops the prompt positions from the backbone's output, so logits and
 labels keep their shapes. Prompt tokens occupy positions ``0..length-1`` and real tokens follow them. With a KV
-cache the prompt is computed once, at prefill; later steps only extend the mask and shift position ids.
+cache the prompt is computed once, at prefill; later steps only extend the mask and shift position ids. In
+sliding-window layers the prompt is pinned (:class:`~mmpt.methods.kv.Pin`): it stays visible to every token for
+the whole generation instead of sliding out of the window.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmpt.config import check
+from mmpt.config import MAX_TOKENS, check_range
 from mmpt.contract import CallArguments, map_masks
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
-from mmpt.methods.kv import pad_mask
-from mmpt.models.family import get_submodule
+from mmpt.methods.kv import install_pins, pad_mask
+from mmpt.models.family import attention_modules, get_submodule
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -43,8 +45,8 @@ class PromptConfig(MethodConfig):
     init_scale: float = 1.0
 
     def validate(self) -> None:
-        check(self.length > 0, f"length: must be positive, got {self.length}")
-        check(self.init_scale > 0, f"init_scale: must be positive, got {self.init_scale}")
+        check_range(self, "length", 1, MAX_TOKENS)
+        check_range(self, "init_scale", 0, 10, open_low=True)
 
 
 class PromptMethod(nn.Module):
@@ -80,6 +82,10 @@ class PromptMethod(nn.Module):
         ]
         if loaded.model is not backbone:  # outer models may build the attention mask before the backbone runs
             self._handles.append(loaded.model.register_forward_pre_hook(self._extend_mask, with_kwargs=True))
+        # sliding-window layers (Gemma 2/3, Mistral): the prompt never slides out of the window
+        attention = attention_modules(loaded.model, tower) if tower.attention else []
+        _, pin_handles, self._pin_releases = install_pins(attention, config.length)
+        self._handles += pin_handles
 
     def _decoding(self, call: CallArguments) -> bool:
         cache = call.cache()
@@ -162,7 +168,9 @@ class PromptMethod(nn.Module):
         """Remove the hooks (and the prompt from the model)."""
         for handle in self._handles:
             handle.remove()
-        self._handles = []
+        for release in self._pin_releases:
+            release()
+        self._handles, self._pin_releases = [], []
         detach_from_model(self)
 
 
