@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from mmpt.data.formats.refcoco import convert_refcoco_refs
 from mmpt.data.readers import (
     MAX_PROBLEMS,
     READERS,
@@ -414,12 +415,14 @@ def test_snli_ve_malformed_lines(snli: tuple[Path, Path]) -> None:
     lines = path.read_text().splitlines() + ["", json.dumps(record), json.dumps(no_label), "{not json"]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(
-        DataError, match=r"^snli_ve_dev\.jsonl line 5: key 'gold_label' is '-', expected one of"
+        DataError,
+        match=r"^snli_ve_dev\.jsonl line 5 \(pairID '3637013\.jpg#0r2n'\): key 'gold_label' is '-', "
+        r"expected one of",
     ):
         read_snli_ve(path, root)
     result = read_snli_ve(path, root, on_error="skip")
     assert len(result.samples) == 3 and result.skipped == 3
-    assert result.problems[1] == "snli_ve_dev.jsonl line 6: missing key 'gold_label'"
+    assert result.problems[1] == "snli_ve_dev.jsonl line 6 (pairID '3637013.jpg#0r2n'): missing key 'gold_label'"
     assert result.problems[2].startswith("snli_ve_dev.jsonl line 7: invalid JSON")
 
 
@@ -498,7 +501,11 @@ def refcoco_files(tmp_path: Path) -> tuple[list[dict], Path, Path]:
 def test_refcoco_python2_pickle_and_split_filter(tmp_path: Path) -> None:
     _, instances, root = refcoco_files(tmp_path)
     refs = instances.parent / "refs(unc).p"
-    samples = read_refcoco(refs, instances, root, "train").samples
+    with pytest.raises(DataError, match=r"is a Python pickle, and loading a pickle can run code") as refused:
+        read_refcoco(refs, instances, root, "train")
+    message = str(refused.value)
+    assert "\n" not in message and "convert_refcoco_refs(" in message and "allow_pickle: true" in message
+    samples = read_refcoco(refs, instances, root, "train", allow_pickle=True).samples
     box = (103.93, 299.99, 103.93 + 134.22, 299.99 + 177.42)
     expected = [
         Sample(
@@ -515,7 +522,9 @@ def test_refcoco_python2_pickle_and_split_filter(tmp_path: Path) -> None:
     ]
     assert samples == expected
     assert samples[0].target == box_to_text(box, (640, 480))
-    (test_a,) = read_refcoco(refs, instances, root, "testA", prompt_template="{expression}").samples
+    (test_a,) = read_refcoco(
+        refs, instances, root, "testA", prompt_template="{expression}", allow_pickle=True
+    ).samples
     assert (test_a.prompt, test_a.box, test_a.kind, test_a.id) == (
         "right guy",
         (400.0, 10.0, 600.0, 410.0),
@@ -527,13 +536,18 @@ def test_refcoco_python2_pickle_and_split_filter(tmp_path: Path) -> None:
         match=r"no records in split 'val'; splits in the file: 'testA', 'testB', "
         r"'train'",
     ):
-        read_refcoco(refs, instances, root, "val")
+        read_refcoco(refs, instances, root, "val", allow_pickle=True)
+    converted = convert_refcoco_refs(refs, instances.parent / "refs(unc).json")
+    assert converted == instances.parent / "refs(unc).json"
+    assert read_refcoco(converted, instances, root, "train").samples == expected
+    with pytest.raises(DataError, match=r"refs\(unc\)\.json already exists: point refs: at it"):
+        read_refcoco(refs, instances, root, "train")
 
 
 def test_refcoco_target_round_trips_within_a_bin(tmp_path: Path) -> None:
     _, instances, root = refcoco_files(tmp_path)
     for split in ("train", "testA", "testB"):
-        for s in read_refcoco(instances.parent / "refs(unc).p", instances, root, split).samples:
+        for s in read_refcoco(instances.parent / "refs(unc).p", instances, root, split, allow_pickle=True).samples:
             assert s.box is not None and s.image_size is not None
             back = text_to_box(s.target, s.image_size)
             assert back is not None
@@ -736,7 +750,7 @@ def test_unreadable_images_stop_or_are_skipped(tmp_path: Path) -> None:
     records = [{"id": f"r{i}", "image": name, "prompt": "p", "target": "t"}
                for i, name in enumerate(["good.png", "notes.jpg", "empty.png"])]
     path = write_jsonl(tmp_path / "d.jsonl", records)
-    with pytest.raises(DataError, match=r"d\.jsonl line 2: unreadable image .*notes\.jpg"):
+    with pytest.raises(DataError, match=r"d\.jsonl line 2 \(id 'r1'\): unreadable image .*notes\.jpg"):
         read_jsonl(path, tmp_path)
     result = read_jsonl(path, tmp_path, on_error="skip")
     assert [s.id for s in result.samples] == ["r0"] and result.skipped == 2

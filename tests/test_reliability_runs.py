@@ -376,3 +376,19 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     a = load_file(str(tmp_path / "straight" / "prefix.safetensors"))
     b = load_file(str(tmp_path / "killed" / "prefix.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_question_longer_than_the_context_is_one_line_or_skipped(tmp_path, monkeypatch):
+    from mmpt.data import DataError
+    from mmpt.train import fit_context
+
+    loaded = make_tiny()
+    limit = loaded.model.config.max_position_embeddings
+    from mmpt.data import Sample
+
+    long = Sample(image="x.png", prompt="word " * (limit + 10), target="yes", id="q-long")
+    short = Sample(image="x.png", prompt="what color?", target="red", id="q-short")
+    with pytest.raises(DataError, match="q-long") as info:
+        fit_context(loaded, [short, long], "raise", "data.train")
+    assert "\n" not in str(info.value)
+    assert fit_context(loaded, [short, long], "skip", "data.train") == [short]

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mmpt.data import DataError, Sample
 from mmpt.data.formats.common import IMAGE_ERRORS
+from mmpt.data.images import load_rgb
 from mmpt.models import VLMProcessor
 
 log = logging.getLogger("mmpt")
@@ -32,15 +33,15 @@ def normalize(text: str) -> str:
 
 
 def open_image(image: Any, sample: Sample | None = None) -> Image.Image | np.ndarray:
-    """A sample's image: a path is opened as RGB, an array is passed through.
+    """A sample's image: a path is opened as RGB (8 bits a channel; 16-bit and float images are scaled, not
+    clipped: :func:`~mmpt.data.images.to_rgb`), an array is passed through.
 
     An unreadable file raises :class:`~mmpt.data.DataError` naming the file and the sample's record id.
     """
     if isinstance(image, np.ndarray):
         return image
     try:
-        with Image.open(image) as im:
-            return im.convert("RGB")
+        return load_rgb(image)
     except IMAGE_ERRORS as exc:
         record = f" (record {sample.id!r})" if sample is not None and sample.id else ""
         raise DataError(f"cannot read image {image}{record}: {exc}; replace the file or drop the record") from None

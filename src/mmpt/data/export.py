@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 import secrets
 import shutil
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from mmpt.data.easyvqa import COLORS, SHAPES, Split, _questions, data_root, question_type
+from mmpt.data.images import load_rgb
 
 TEST_ID_OFFSET = 100_000
 """Exported id of easy-VQA test image ``i``: ``TEST_ID_OFFSET + i`` (train image ``i`` keeps id ``i``)."""
@@ -95,8 +94,7 @@ def _analyse(path: Path) -> tuple[tuple[int, int, int, int], int, str, str, tupl
     are less than half covered are left out. The color is the named color nearest to the shape's commonest
     pixel; the shape follows from how much of its box it fills (rectangle ~1, circle ~0.8, triangle ~0.55).
     """
-    with Image.open(path) as im:
-        rgb = np.asarray(im.convert("RGB"), dtype=np.int32)
+    rgb = np.asarray(load_rgb(path), dtype=np.int32)
     packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     values, counts = np.unique(packed, return_counts=True)
     background = _unpack(int(values[counts.argmax()]))
@@ -161,8 +159,7 @@ def _write_images(out: Path, images: list[_Image]) -> dict[str, Path]:
         _link(img.source, out / "images" / img.name)
         jpeg = out / "snli_ve" / "images" / f"{img.gid}.jpg"
         jpeg.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(img.source) as im:
-            im.convert("RGB").save(jpeg, quality=95)
+        load_rgb(img.source).save(jpeg, quality=95)
         if img.split != "test":
             subtype = f"{img.split}2014"
             _link(jpeg, out / "vqa" / "images" / subtype / f"COCO_{subtype}_{img.gid:012d}.jpg")
@@ -237,7 +234,8 @@ def _write_snli_ve(out: Path, images: list[_Image], rng: random.Random) -> dict[
 
 
 def _write_refcoco(out: Path, images: list[_Image], rng: random.Random) -> dict[str, Path]:
-    """``refs(unc).p`` and ``instances.json``: one ref (the shape, 2 sentences) per image."""
+    """``refs(unc).json`` and ``instances.json``: one ref (the shape, 2 sentences) per image (the refs as
+    JSON, what :func:`~mmpt.data.formats.refcoco.convert_refcoco_refs` makes of the released pickles)."""
     test = [img.gid for img in images if img.split == "test"]
     test_a = set(rng.sample(test, len(test) // 2))
     category = {s: k + 1 for k, s in enumerate(SHAPES)}
@@ -255,9 +253,7 @@ def _write_refcoco(out: Path, images: list[_Image], rng: random.Random) -> dict[
         annotations.append({"id": img.gid, "image_id": img.gid, "category_id": category[img.shape],
                             "bbox": list(img.box), "area": img.area, "iscrowd": 0})  # fmt: skip
     categories = [{"id": k, "name": s, "supercategory": "shape"} for s, k in category.items()]
-    refs_path = out / "refcoco" / "refs(unc).p"
-    refs_path.parent.mkdir(parents=True, exist_ok=True)
-    refs_path.write_bytes(pickle.dumps(refs, protocol=2))
+    refs_path = _write_json(out / "refcoco" / "refs(unc).json", refs)
     instances = {"images": infos, "annotations": annotations, "categories": categories}
     instances_path = _write_json(out / "refcoco" / "instances.json", instances)
     return {"refcoco_refs": refs_path, "refcoco_instances": instances_path}
@@ -357,7 +353,7 @@ Files, with the mmpt reader (`format:`) and the `images` folder to give it:
   `vqa/images/val2014`): every question of the train / val images.
 * `snli_ve/snli_ve_{{train,dev,test}}.jsonl` (`snli-ve`, images `snli_ve/images`, JPEG quality 95 as the
   reader wants `<id>.jpg`): 6 hypotheses per image, 2 per label; dev = the val images.
-* `refcoco/refs(unc).p`, `refcoco/instances.json` (`refcoco`, images `images/`): one ref per image, splits
+* `refcoco/refs(unc).json`, `refcoco/instances.json` (`refcoco`, images `images/`): one ref per image, splits
   train / val / testA / testB.
 * `llava/llava_easyvqa.json` (`llava`, images `images/`): the color and shape questions of the train images
   as conversations of 2-3 turns (1 where an image has one such question).

@@ -5,10 +5,11 @@ policy, ``on_error``:
 
 * a missing or unparsable file, or a missing images folder, always raises :class:`~mmpt.data.sample.DataError`
   naming the file and what it should be;
-* a malformed record (missing key, wrong type, unknown label) or a record whose image file is missing or not
-  an image raises DataError naming the file, the record and the key or image path (``on_error="raise"``), or is
-  skipped and counted in ``ReadResult.skipped`` with its message kept in ``ReadResult.problems`` (the first
-  20; ``on_error="skip"``);
+* a malformed record (missing key, wrong type, unknown label; text that is not valid, i.e. holds a lone
+  surrogate; a box that is not finite, empty or outside its image; an image size below 1x1) or a record whose
+  image file is missing or not an image raises DataError naming the file, the record and the key or image path
+  (``on_error="raise"``), or is skipped and counted in ``ReadResult.skipped`` with its message kept in
+  ``ReadResult.problems`` (the first 20; ``on_error="skip"``);
 * a read that leaves no samples raises DataError (naming the splits the file has, where it has splits).
 
 Image files are checked once per distinct path: they must exist and PIL must identify their header (about

@@ -34,6 +34,8 @@ def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
         kwargs[_TEMPLATE_ARG[source.format]] = source.prompt_template
     if source.format == "jsonl" and kwargs["images"] is None:
         kwargs["images"] = "."
+    if source.format == "refcoco":
+        kwargs["allow_pickle"] = bool(getattr(source, "allow_pickle", False))
     result = READERS[source.format](**kwargs, on_error=on_error, limit=source.limit)
     if result.skipped:
         shown = "\n  ".join(result.problems[:3])

@@ -115,8 +115,9 @@ def read_jsonl(
     root = require_dir(images, "the folder relative image paths resolve under")
     checked: dict[Path, str] = {}
 
-    def parse(line: str, where: str) -> list[Sample]:
+    def parse(line: bytes, where: str) -> list[Sample]:
         record = decode_line(line, where)
+        where = with_id(where, record, "id")
         relative = get_key(record, "image", str, where)
         prompt = get_key(record, "prompt", str, where)
         target = get_key(record, "target", str, where)

@@ -16,6 +16,8 @@ from mmpt.data.formats.common import (
     decode_line,
     get_key,
     get_list,
+    index_by,
+    is_file,
     jsonl_lines,
     load_json,
     nonempty,
@@ -39,9 +41,7 @@ def _load_annotations(path: str | Path, subtype: str, questions: Path) -> tuple[
     other = data.get("data_subtype")
     if subtype and isinstance(other, str) and other != subtype:
         raise DataError(f"VQAv2 questions {questions} are {subtype} but annotations {apath} are {other}")
-    return apath, {
-        a["question_id"]: a for a in data["annotations"] if isinstance(a, dict) and "question_id" in a
-    }
+    return apath, index_by(data["annotations"], "question_id")
 
 
 def read_vqav2(
@@ -91,7 +91,7 @@ def read_vqav2(
     def image_of(image_id: int, where: str) -> Path:
         names = ([f"COCO_{subset}_{image_id:012d}.jpg"] if subset else []) + [f"{image_id:012d}.jpg"]
         if image_id not in found:
-            found[image_id] = next((root / n for n in names if (root / n).is_file()), None)
+            found[image_id] = next((root / n for n in names if is_file(root / n)), None)
         image = found[image_id]
         if image is None:
             raise DataError(f"{where}: image not found: " + " or ".join(str(root / n) for n in names))
@@ -153,8 +153,9 @@ def read_snli_ve(
     checked: dict[Path, str] = {}
     labels = ", ".join(SNLI_VE_ANSWERS)
 
-    def parse(line: str, where: str) -> list[Sample]:
+    def parse(line: bytes, where: str) -> list[Sample]:
         record = decode_line(line, where)
+        where = with_id(where, record, "pairID")
         flickr_id = get_key(record, "Flickr30K_ID", (str, int), where)
         hypothesis = get_key(record, "sentence2", str, where).strip()
         label = get_key(record, "gold_label", str, where)
@@ -162,7 +163,7 @@ def read_snli_ve(
             raise DataError(f"{where}: key 'gold_label' is {label!r}, expected one of {labels}")
         pair_id = get_key(record, "pairID", str, where)
         image = check_image(root / f"{flickr_id}.jpg", where, checked)
-        image_id = int(flickr_id) if str(flickr_id).isdigit() else flickr_id
+        image_id = int(flickr_id) if str(flickr_id).isascii() and str(flickr_id).isdigit() else flickr_id
         target = SNLI_VE_ANSWERS[label]
         prompt = prompt_template.format(hypothesis=hypothesis)
         return [Sample(image, prompt, target, label, image_id, pair_id, (target,))]
