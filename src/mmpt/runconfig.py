@@ -2,21 +2,67 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from mmpt.config import ConfigError, apply_overrides, check, from_dict, read_yaml
+from mmpt.config import (
+    MAX_BATCH,
+    MAX_SAMPLES,
+    MAX_STEPS,
+    MAX_TOKENS,
+    ConfigError,
+    apply_overrides,
+    check,
+    check_range,
+    from_dict,
+    read_yaml,
+    show,
+)
 from mmpt.methods import MethodConfig, PrefixConfig
+
+# A run name is one folder name: these characters only, at most 100 of them, not starting with '.' or '-'.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=-]*")
+NAME_MAX = 100
+NAME_RULE = "1 to 100 letters, digits, '.', '_', '-', '+' or '=' (not starting with '.' or '-')"
+
+
+def projector_checkpoint_models() -> list[str]:
+    """Registered models whose builder loads a ``projector_checkpoint`` (a keyword it names; ``**kwargs`` is not
+    enough: those go elsewhere, e.g. to the LM config, and would be ignored)."""
+    from mmpt.models import list_models
+
+    users = []
+    for entry in list_models():
+        try:
+            params = inspect.signature(entry.builder).parameters
+        except (TypeError, ValueError):
+            continue
+        param = params.get("projector_checkpoint")
+        if param is not None and param.kind is not inspect.Parameter.VAR_KEYWORD:
+            users.append(entry.name)
+    return users
 
 
 @dataclass
 class ModelConfig:
-    """Which model to load. ``name`` is a registered model (``mmpt models`` lists them)."""
+    """Which model to load. ``name`` is a registered model (``mmpt models`` lists them), a local checkpoint folder
+    or a cached hub id. ``projector_checkpoint`` replaces the shipped projector weights; only models that load
+    one accept it (:func:`projector_checkpoint_models`: ``mmpt-tiny``), any other model refuses it."""
 
     name: str = "mmpt-tiny"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     projector_checkpoint: str = ""
+
+    def validate(self) -> None:
+        if self.projector_checkpoint:
+            users = projector_checkpoint_models()
+            check(self.name in users,
+                  f"projector_checkpoint: model {show(self.name)} loads no projector checkpoint (models that do: "
+                  f"{', '.join(users) or 'none'}), got {show(self.projector_checkpoint)}; remove "
+                  "model.projector_checkpoint or use one of those models")
 
 
 FORMATS = ("coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl")
@@ -35,6 +81,7 @@ class SourceConfig:
         refs / instances: RefCOCO's ``refs(unc).p`` and ``instances.json``.
         prompt_template: how the record's text becomes the prompt (empty: the reader's default).
         limit: keep the first N samples (null: all).
+        allow_pickle: RefCOCO: read a ``refs`` pickle from a trusted source (restricted unpickler); else use a ``.json``.
     """
 
     format: Literal["coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl"] = "jsonl"
@@ -47,6 +94,7 @@ class SourceConfig:
     instances: str = ""
     prompt_template: str = ""
     limit: int | None = None
+    allow_pickle: bool = False
 
     def validate(self) -> None:
         from mmpt.data.sources import OPTIONAL_KEYS, READER_KEYS
@@ -85,9 +133,15 @@ class DataConfig:
     include_photos: bool = True
 
     def validate(self) -> None:
-        check(self.train_size is None or self.train_size > 0, f"train_size: must be positive, got {self.train_size}")
-        check(self.eval_size is None or self.eval_size >= 0, f"eval_size: must be >= 0, got {self.eval_size}")
-        check("{question}" in self.prompt_template, "prompt_template: must contain {question}")
+        check_range(self, "train_size", 1, MAX_SAMPLES)
+        check_range(self, "eval_size", 0, MAX_SAMPLES)
+        for split in ("train", "eval"):
+            source = getattr(self, split)
+            if source is not None:  # SourceConfig.validate checks limit > 0; the cap is checked here
+                check_range(source, "limit", 1, MAX_SAMPLES, label=f"{split}.limit")
+        check("{question}" in self.prompt_template,
+              f"prompt_template: must contain {{question}}, got {show(self.prompt_template)}; "
+              "e.g. '{question} Answer with one word.'")
         for key in ("question_types", "eval_question_types"):
             bad = set(getattr(self, key)) - {"color", "shape", "yes_no"}
             check(not bad, f"{key}: unknown type(s) {sorted(bad)}; use color, shape, yes_no")
@@ -133,21 +187,25 @@ class TrainConfig:
     save_every: int | None = None
 
     def validate(self) -> None:
-        check(self.epochs > 0, f"epochs: must be positive, got {self.epochs}")
-        check(self.max_steps is None or self.max_steps > 0, f"max_steps: must be positive, got {self.max_steps}")
-        check(self.batch_size > 0, f"batch_size: must be positive, got {self.batch_size}")
-        check(self.grad_accum > 0, f"grad_accum: must be positive, got {self.grad_accum}")
-        check(self.lr > 0, f"lr: must be positive, got {self.lr}")
-        check(0 <= self.warmup_ratio < 1, f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
-        check(self.warmup_steps is None or self.warmup_steps >= 0, "warmup_steps: must be >= 0 or null")
+        check_range(self, "epochs", 1, 10**6)
+        check_range(self, "max_steps", 1, MAX_STEPS)
+        check_range(self, "batch_size", 1, MAX_BATCH)
+        check_range(self, "grad_accum", 1, MAX_BATCH)
+        check_range(self, "lr", 0, 10, open_low=True, fix="use a learning rate such as 1e-3")
+        check_range(self, "weight_decay", 0, 10)
+        check_range(self, "betas", 0, 1, open_high=True, fix="e.g. betas: [0.9, 0.999]")
+        check_range(self, "warmup_ratio", 0, 1, open_high=True)
+        check_range(self, "warmup_steps", 0, MAX_STEPS)
+        check_range(self, "grad_clip", 0, 10**6, open_low=True, fix="use a max gradient norm such as 1.0, or null "
+                    "for no clipping")
+        check_range(self, "scst_samples", 1, 100)
         check(self.scst_samples >= (2 if self.scst_baseline == "mean" else 1),
-              f"scst_samples: must be >= 1 (>= 2 with scst_baseline: mean), got {self.scst_samples}")
-        check(self.scst_max_new_tokens > 0, "scst_max_new_tokens: must be positive")
-        check(all(0 <= b < 1 for b in self.betas), f"betas: each must be in [0, 1), got {self.betas}")
-        check(self.grad_clip is None or self.grad_clip > 0, "grad_clip: must be positive or null")
+              f"scst_samples: must be >= 2 with scst_baseline: mean, got {self.scst_samples}; sample more captions "
+              "or use scst_baseline: greedy")
+        check_range(self, "scst_max_new_tokens", 1, MAX_TOKENS)
+        check_range(self, "num_workers", 0, 256)
         for key in ("log_every", "eval_every", "save_every"):
-            value = getattr(self, key)
-            check(value is None or value > 0, f"{key}: must be a positive number of steps or null, got {value}")
+            check_range(self, key, 1, MAX_STEPS)
 
 
 @dataclass
@@ -181,11 +239,10 @@ class EvalConfig:
     mme: bool = False
 
     def validate(self) -> None:
-        check(self.batch_size > 0, f"batch_size: must be positive, got {self.batch_size}")
-        check(self.max_new_tokens > 0, f"max_new_tokens: must be positive, got {self.max_new_tokens}")
-        check(self.num_beams is None or self.num_beams > 0, f"num_beams: must be positive, got {self.num_beams}")
-        check(self.candidate_batch_size > 0,
-              f"candidate_batch_size: must be positive, got {self.candidate_batch_size}")
+        check_range(self, "batch_size", 1, MAX_BATCH)
+        check_range(self, "max_new_tokens", 1, MAX_TOKENS)
+        check_range(self, "num_beams", 1, 100, fix="use a beam size such as 5, or null for the task's default")
+        check_range(self, "candidate_batch_size", 1, MAX_BATCH)
 
 
 @dataclass
@@ -230,10 +287,28 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> None:
-        check(bool(self.name) and "/" not in self.name, f"name: must be a plain folder name, got {self.name!r}")
+        check(len(self.name) <= NAME_MAX and NAME_PATTERN.fullmatch(self.name) is not None,
+              f"name: must be {NAME_RULE}, got {show(self.name)}; e.g. name: vqa-prefix-16")
+        self._validate_output_dir()
+        check_range(self, "seed", 0, 2**32 - 1)
+        check_range(self, "rounds", 1, 10_000)
         check(self.method is None or not self.stages, "method: give either 'method' or 'stages', not both")
         check(self.method is not None or bool(self.stages), "method: missing; give 'method' or 'stages'")
-        check(self.rounds > 0, f"rounds: must be positive, got {self.rounds}")
+
+    def _validate_output_dir(self) -> None:
+        """``output_dir`` must be (or be creatable as) a folder: no file in the way, no control characters."""
+        fix = "choose a folder (it is created when missing)"
+        check(bool(self.output_dir) and self.output_dir.isprintable(),
+              f"output_dir: must be a non-empty path without control characters, got {show(self.output_dir)}; {fix}")
+        path = Path(self.output_dir)
+        try:
+            for part in (path, *path.parents):
+                if part.exists():
+                    check(part.is_dir(), f"output_dir: {str(part)!r} exists and is not a folder, got "
+                                         f"{show(self.output_dir)}; {fix}, or move that file away")
+                    break
+        except OSError as exc:  # e.g. a name too long for the file system
+            raise ConfigError(f"output_dir: cannot be used ({exc.strerror}), got {show(self.output_dir)}; {fix}") from None
 
     def stage_list(self) -> list[StageConfig]:
         """The stages to run, in order (``method`` becomes one stage; ``rounds`` repeats the list)."""
@@ -243,15 +318,29 @@ class RunConfig:
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """Read ``path`` (YAML; None for defaults), apply ``key=value`` overrides and validate."""
-    data = read_yaml(path) if path is not None else {}
+    """Read ``path`` (YAML; None for defaults), apply ``key=value`` overrides and validate.
+
+    Raises:
+        ConfigError: one line naming the key, for anything wrong in the file or the overrides.
+    """
+    return parse_run_config(read_yaml(path) if path is not None else {}, overrides)
+
+
+def parse_run_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from nested dicts (a parsed YAML file) and ``key=value`` overrides.
+
+    ``data`` is changed in place (overrides applied, the top-level ``train`` merged into each stage's).
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {show(data)}; write model:, data:, ...")
     apply_overrides(data, overrides)
     shared = data.get("train") or {}
-    for i, stage in enumerate(data.get("stages") or []):
+    stages = data.get("stages")
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
         if isinstance(stage, dict) and isinstance(shared, dict):
             own = stage.get("train") or {}
             if not isinstance(own, dict):
-                raise ConfigError(f"stages[{i}].train: expected a mapping, got {own!r}")
+                raise ConfigError(f"stages[{i}].train: expected a mapping, got {show(own)}; write {{lr: 1e-3, ...}}")
             stage["train"] = {**shared, **own}
     return from_dict(RunConfig, data)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmpt.config import check
+from mmpt.config import MAX_LAYERS, MAX_TOKENS, check_range
 from mmpt.contract import CallArguments, map_masks
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
@@ -51,8 +51,9 @@ class DeepPromptConfig(MethodConfig):
     init_scale: float = 0.02
 
     def validate(self) -> None:
-        check(self.length > 0, f"length: must be positive, got {self.length}")
-        check(self.init_scale > 0, f"init_scale: must be positive, got {self.init_scale}")
+        check_range(self, "length", 1, MAX_TOKENS)
+        check_range(self, "layers", -MAX_LAYERS, MAX_LAYERS - 1, fix="give layer indices such as [0, 1, -1]")
+        check_range(self, "init_scale", 0, 10, open_low=True)
 
 
 class DeepPromptMethod(nn.Module):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from mmpt.config import check
+from mmpt.config import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_TOKENS, check, check_range
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.deep_prompt import DeepPromptConfig, DeepPromptMethod
 from mmpt.methods.visual_prompt import VisualPromptConfig, VisualPromptMethod
@@ -46,8 +46,16 @@ class M2PTConfig(MethodConfig):
     image_size: int = 224
 
     def validate(self) -> None:
-        check(self.visual_length >= 0 and self.text_length >= 0, "visual_length/text_length: must be >= 0")
-        check(self.visual_length + self.text_length > 0 or self.train_projector, "m2pt with nothing to train")
+        check_range(self, "visual_length", 0, MAX_TOKENS)
+        check_range(self, "text_length", 0, MAX_TOKENS)
+        for key in ("visual_layers", "text_layers"):
+            check_range(self, key, -MAX_LAYERS, MAX_LAYERS - 1, fix="give layer indices such as [0, 1, -1]")
+        check_range(self, "image_size", 8, MAX_IMAGE_SIZE)
+        check_range(self, "frame_width", 1, (self.image_size - 1) // 2,
+                    fix=f"the frame must leave an image inside image_size={self.image_size} px")
+        check(self.visual_length + self.text_length > 0 or self.train_projector,
+              f"visual_length: m2pt has nothing to train, got visual_length={self.visual_length}, text_length="
+              f"{self.text_length}, train_projector=false; give a prompt length or train_projector: true")
 
 
 class M2PTMethod(nn.Module):

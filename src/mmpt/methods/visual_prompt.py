@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmpt.config import check
+from mmpt.config import MAX_IMAGE_SIZE, check_range
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.models.family import get_submodule
 
@@ -36,8 +36,9 @@ class VisualPromptConfig(MethodConfig):
     tower: str = "vision"
 
     def validate(self) -> None:
-        check(self.width > 0, f"width: must be positive, got {self.width}")
-        check(2 * self.width < self.image_size, f"width: {self.width} leaves no image inside {self.image_size} px")
+        check_range(self, "image_size", 8, MAX_IMAGE_SIZE)
+        check_range(self, "width", 1, (self.image_size - 1) // 2,
+                    fix=f"the frame must leave an image inside image_size={self.image_size} px")
 
 
 class VisualPromptMethod(nn.Module):

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
-from mmpt.config import check
+from mmpt.config import MAX_WIDTH, check_range
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
 from mmpt.models.family import blocks, tower_width
@@ -37,7 +37,8 @@ class AdapterConfig(MethodConfig):
     towers: list[str] = field(default_factory=lambda: ["lm"])
 
     def validate(self) -> None:
-        check(self.bottleneck > 0, f"bottleneck: must be positive, got {self.bottleneck}")
+        check_range(self, "bottleneck", 1, MAX_WIDTH)
+        check_range(self, "scale", 0, 100, open_low=True)
 
 
 class Bottleneck(nn.Module):

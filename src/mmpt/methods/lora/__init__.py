@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mmpt.config import check
+from mmpt.config import MAX_TOKENS, check, check_range
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.models.family import blocks
 
@@ -38,8 +38,9 @@ class LoRAConfig(MethodConfig):
     towers: list[str] = field(default_factory=lambda: ["lm"])
 
     def validate(self) -> None:
-        check(self.r > 0, f"r: must be a positive rank, got {self.r}")
-        check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
+        check_range(self, "r", 1, MAX_TOKENS, fix="use a rank such as 16")
+        check_range(self, "alpha", 0, 10**4, open_low=True, fix="use a scaling numerator such as 32 (often 2 * r)")
+        check_range(self, "dropout", 0, 1, open_high=True)
         check(bool(self.targets), "targets: name at least one module, e.g. [q_proj, v_proj]")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mmpt.config import check
+from mmpt.config import MAX_LAYERS, MAX_TOKENS, MAX_WIDTH, check, check_range
 from mmpt.methods.base import MethodConfig
 
 
@@ -44,9 +44,10 @@ class PrefixConfig(MethodConfig):
     dropout: float = 0.0
 
     def validate(self) -> None:
-        check(self.length > 0, f"length: must be a positive number of prefix tokens, got {self.length}")
-        check(self.mlp_hidden > 0, f"mlp_hidden: must be positive, got {self.mlp_hidden}")
-        check(self.init_std > 0, f"init_std: must be positive, got {self.init_std}")
-        check(0.0 <= self.dropout < 1.0, f"dropout: must be in [0, 1), got {self.dropout}")
+        check_range(self, "length", 1, MAX_TOKENS, fix="use a number of prefix tokens such as 16")
+        check_range(self, "layers", -MAX_LAYERS, MAX_LAYERS - 1, fix="give layer indices such as [0, 1, -1]")
+        check_range(self, "mlp_hidden", 1, MAX_WIDTH)
+        check_range(self, "init_std", 0, 10, open_low=True)
+        check_range(self, "dropout", 0, 1, open_high=True)
         check(len(self.towers) > 0, "towers: name at least one tower, e.g. [lm]")
         check(self.init != "text" or bool(self.init_text), "init_text: give a text when init is 'text'")
