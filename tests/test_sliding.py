@@ -13,7 +13,12 @@ WINDOW = 4
 
 def _all_sliding(attn: str = "sdpa"):
     """A tiny Gemma 3 whose two text layers all slide (window 4): a token 8+ positions back is out of reach."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
 
     torch.manual_seed(0)
     config = Gemma3Config(

@@ -36,7 +36,12 @@ SLIDING_WINDOW = 6  # shorter than the test prompts, so the window really slides
 
 
 def build_tiny(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
 
     torch.manual_seed(seed)
     config = Gemma3Config(
