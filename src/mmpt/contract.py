@@ -202,19 +202,44 @@ def tower_width(tower_module: nn.Module, block: nn.Module) -> int:
             if weight is not None and weight.ndim == 1:
                 widths.append(weight.shape[0])
     config = getattr(tower_module, "config", None)
-    for key in ("hidden_size", "d_model", "embed_dim"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            if widths and value not in widths:
-                raise ContractError(
-                    f"{type(tower_module).__name__}'s config says hidden size {value}, but no norm of its "
-                    f"{type(block).__name__} has that width (found {sorted(set(widths))}); the family's tower path "
-                    "may point at the wrong module"
-                )
-            return value
+    # Qwen2-VL's vision config: embed_dim is the blocks' width, hidden_size the merger's output
+    declared = [v for k in ("hidden_size", "d_model", "embed_dim")
+                if isinstance(v := getattr(config, k, None), int) and v > 0]
+    if declared:
+        matching = [v for v in declared if not widths or v in widths]
+        if not matching:
+            raise ContractError(
+                f"{type(tower_module).__name__}'s config says hidden size {declared[0]}, but no norm of its "
+                f"{type(block).__name__} has that width (found {sorted(set(widths))}); the family's tower path "
+                "may point at the wrong module"
+            )
+        return matching[0]
     if not widths:
         raise ContractError(f"cannot find the hidden width of {type(block).__name__}")
     return max(set(widths), key=widths.count)
+
+
+TOKEN_ROW_ARGUMENTS = ("cross_attention_mask", "full_text_row_masked_out_mask")
+"""Per-text-token ``(B, 1, L, X)`` arguments some backbones take besides the attention mask (Mllama's mask over
+image tokens for its cross-attention layers, and the rows that see no image at all)."""
+
+
+def prepend_token_rows(call: CallArguments, n: int, length: int) -> None:
+    """Give ``n`` prepended tokens (prompts) their rows in every per-token argument (:data:`TOKEN_ROW_ARGUMENTS`)
+    that covers ``length`` tokens: they see no image (masked cross-attention, row masked out)."""
+    for name in TOKEN_ROW_ARGUMENTS:
+        value = call.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor) or value.ndim != 4 or value.shape[-2] != length:
+            raise ContractError(f"{type(call.module).__name__}: '{name}' should be (B, 1, {length}, X), got "
+                                f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+        if name == "cross_attention_mask":
+            fill = False if value.dtype == torch.bool else torch.finfo(value.dtype).min
+        else:
+            fill = 0
+        rows = torch.full((*value.shape[:-2], n, value.shape[-1]), fill, dtype=value.dtype, device=value.device)
+        call.set(name, torch.cat([rows, value], dim=-2))
 
 
 def is_sliding(attention: nn.Module) -> bool:

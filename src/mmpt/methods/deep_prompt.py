@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from mmpt.config import MAX_LAYERS, MAX_TOKENS, check_range
-from mmpt.contract import CallArguments, map_masks
+from mmpt.contract import CallArguments, ContractError, map_masks
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
 from mmpt.methods.kv import pad_mask
@@ -85,9 +85,11 @@ class DeepPromptMethod(nn.Module):
         self._handles: list[Any] = []
         if tower.kind == "encoder":
             for slot, i in enumerate(chosen):
-                self._handles.append(all_blocks[i].register_forward_pre_hook(self._insert(slot), with_kwargs=True))
+                insert, drop = (self._insert_packed(slot), self._drop_packed) if tower.packed else (
+                    self._insert(slot), self._drop)
+                self._handles.append(all_blocks[i].register_forward_pre_hook(insert, with_kwargs=True))
                 # prepend: drop the prompts before any output-recording hook of transformers sees them
-                self._handles.append(all_blocks[i].register_forward_hook(self._drop, prepend=True))
+                self._handles.append(all_blocks[i].register_forward_hook(drop, prepend=True))
         else:
             self._propagate_init(loaded, tower, all_blocks, chosen)
             inner = PromptMethod(loaded, PromptConfig(length=config.length, tower=config.tower),
@@ -149,6 +151,39 @@ class DeepPromptMethod(nn.Module):
         mask = pad_mask(mask, self.config.length)
         rows = mask[..., :1, :].expand(*mask.shape[:-2], self.config.length, mask.shape[-1])
         return torch.cat([rows, mask], dim=-2)
+
+    def _insert_packed(self, slot: int) -> Callable[..., Any]:
+        """Packed towers (Qwen2-VL's ViT): hidden states ``(tokens, dim)`` of all images, ``cu_seqlens`` marking
+        where each starts. Each image gets its prompts in front; rotary embeddings of the prompts are the
+        identity (cos 1, sin 0), so prompts carry no position, as in batched encoders."""
+
+        def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            call = CallArguments(block, args, kwargs)
+            hidden, cu = call.hidden(), call.get("cu_seqlens")
+            if hidden.ndim != 2 or not isinstance(cu, torch.Tensor):
+                raise ContractError(f"{type(block).__name__}: a packed tower's block needs (tokens, dim) hidden "
+                                    f"states and cu_seqlens, got {tuple(hidden.shape)} and {type(cu).__name__}")
+            n, lengths = self.config.length, (cu[1:] - cu[:-1]).tolist()
+            prompts = self.prompts[slot].to(hidden.dtype)
+            segments = torch.split(hidden, lengths)
+            call.set("hidden_states", torch.cat([t for seg in segments for t in (prompts, seg)]))
+            keep = torch.cat([torch.cat([torch.zeros(n, dtype=torch.bool), torch.ones(k, dtype=torch.bool)])
+                              for k in lengths]).to(hidden.device)
+            self._packed_keep = keep
+            call.set("cu_seqlens", cu + n * torch.arange(len(cu), device=cu.device, dtype=cu.dtype))
+            rotary = call.get("position_embeddings")
+            if rotary is not None:
+                cos, sin = rotary
+                full_cos = torch.ones(keep.shape[0], *cos.shape[1:], dtype=cos.dtype, device=cos.device)
+                full_sin = torch.zeros(keep.shape[0], *sin.shape[1:], dtype=sin.dtype, device=sin.device)
+                full_cos[keep], full_sin[keep] = cos, sin
+                call.set("position_embeddings", (full_cos, full_sin))
+            return call.result()
+
+        return hook
+
+    def _drop_packed(self, block: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+        return with_hidden(out, hidden_of(out)[self._packed_keep])
 
     def _drop(self, block: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         return with_hidden(out, hidden_of(out)[:, self.config.length :])

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from mmpt.config import MAX_TOKENS, check_range
-from mmpt.contract import CallArguments, map_masks
+from mmpt.contract import CallArguments, map_masks, prepend_token_rows
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import install_pins, pad_mask
 from mmpt.models.family import attention_modules, get_submodule
@@ -140,6 +140,7 @@ class PromptMethod(nn.Module):
         batch = embeds.shape[0]
         prompt = self._source().to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
         call.set("inputs_embeds", torch.cat([prompt, embeds], dim=1))
+        prepend_token_rows(call, n, embeds.shape[1])  # e.g. Mllama's cross-attention masks
         if isinstance(mask, torch.Tensor) and mask.ndim == 2:
             call.set("attention_mask", torch.cat([mask.new_ones(batch, n), mask], dim=1))
         elif isinstance(mask, dict) or (isinstance(mask, torch.Tensor) and mask.ndim == 4):

@@ -32,6 +32,11 @@ class Tower:
             e.g. fused QKV projections computed outside the interface).
         input_prompts: whether prompt methods may prepend tokens to its input. False where the model's own
             ``generate()`` re-feeds tokens it has cached (BLIP's BERT decoder), which shifts prepended prompts.
+        packed: the blocks take the hidden states of all images packed as ``(tokens, dim)`` with ``cu_seqlens``
+            marking where each image starts (Qwen2-VL's vision tower) instead of ``(batch, tokens, dim)``.
+        mixed: blocks differ in their attention (Mllama: self-attention layers and cross-attention layers);
+            a block lacking ``attention`` (or ``cross_attention``) simply has none of that kind, and layer
+            indices still count every block.
     """
 
     kind: TowerKind
@@ -42,6 +47,8 @@ class Tower:
     cross_attention: str = ""
     injection: Literal["interface", "cache", "none"] = "interface"
     input_prompts: bool = True
+    packed: bool = False
+    mixed: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,13 +98,26 @@ def blocks(root: nn.Module, tower: Tower) -> list[nn.Module]:
     return list(get_submodule(root, tower.layers))
 
 
-def attention_modules(root: nn.Module, tower: Tower, cross: bool = False) -> list[nn.Module]:
-    """The self-attention (or, with ``cross``, cross-attention) module of every block, in layer order."""
+def attention_layers(root: nn.Module, tower: Tower, cross: bool = False) -> list[tuple[int, nn.Module]]:
+    """``(block index, module)`` of the self-attention (or, with ``cross``, cross-attention) of each block that
+    has one, in layer order; every block has one unless the tower is ``mixed``."""
     path = tower.cross_attention if cross else tower.attention
     if not path:
         kind = "cross-attention" if cross else "attention"
         raise ValueError(f"tower '{tower.module}' declares no {kind} modules")
-    return [get_submodule(block, path) for block in blocks(root, tower)]
+    found = []
+    for i, block in enumerate(blocks(root, tower)):
+        try:
+            found.append((i, block.get_submodule(path)))
+        except AttributeError:
+            if not tower.mixed:
+                raise ValueError(f"module path '{path}' not found in block {i} of '{tower.layers}'") from None
+    return found
+
+
+def attention_modules(root: nn.Module, tower: Tower, cross: bool = False) -> list[nn.Module]:
+    """The self-attention (or, with ``cross``, cross-attention) modules of the tower's blocks, in layer order."""
+    return [module for _, module in attention_layers(root, tower, cross)]
 
 
 def tower_width(root: nn.Module, tower: Tower) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import KVInjection, kv_layout, projections
 from mmpt.methods.prefix.config import PrefixConfig
-from mmpt.models.family import Tower, attention_modules, get_submodule
+from mmpt.models.family import Tower, attention_layers, blocks, get_submodule
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -116,7 +116,7 @@ class PrefixMethod(nn.Module):
 
     def _inject(self, loaded: LoadedModel, tower: Tower, key: str, cross: bool, device: torch.device) -> None:
         config = self.config
-        chosen = self._select_layers(attention_modules(loaded.model, tower, cross), config.layers, key)
+        chosen = self._select_layers(loaded, tower, cross, config.layers, key)
         heads, head_dim = kv_layout(chosen[0])
         if any(kv_layout(m) != (heads, head_dim) for m in chosen):
             raise ValueError(f"tower '{key}' mixes attention shapes; choose layers of one shape")
@@ -134,14 +134,24 @@ class PrefixMethod(nn.Module):
         self.injections.append(KVInjection(chosen, providers, cross, mode))
 
     @staticmethod
-    def _select_layers(modules: list[nn.Module], layers: list[int], tower: str) -> list[nn.Module]:
+    def _select_layers(
+        loaded: LoadedModel, tower: Tower, cross: bool, layers: list[int], key: str
+    ) -> list[nn.Module]:
+        """The attention modules of the chosen layers (indices count every block, negative from the end)."""
+        found = dict(attention_layers(loaded.model, tower, cross))
         if not layers:
-            return modules
-        n = len(modules)
+            return list(found.values())
+        n = len(blocks(loaded.model, tower))
         bad = [i for i in layers if not -n <= i < n]
         if bad:
-            raise ValueError(f"tower '{tower}' has layers 0..{n - 1}; layer(s) {bad} do not exist")
-        return [modules[i % n] for i in sorted({i % n for i in layers})]
+            raise ValueError(f"tower '{key}' has layers 0..{n - 1}; layer(s) {bad} do not exist")
+        chosen = sorted({i % n for i in layers})
+        lacking = [i for i in chosen if i not in found]
+        if lacking:
+            kind = "cross-attention" if cross else "self-attention"
+            raise ValueError(f"tower '{key}': layer(s) {lacking} have no {kind}; layers with one: "
+                             f"{', '.join(map(str, found))}")
+        return [found[i] for i in chosen]
 
     @torch.no_grad()
     def _init_from_text(
