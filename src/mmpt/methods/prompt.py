@@ -75,6 +75,7 @@ class PromptMethod(nn.Module):
             self.prompt = nn.Parameter(torch.randn(shape, device=embed.weight.device) * scale * config.init_scale)
         self._source = source or (lambda: self.prompt)
         self._stripping = False
+        self._extended: torch.Tensor | None = None  # the last decoding mask this method extended
         self._mark = f"{CACHE_MARK}_{id(self)}"  # per instance: several prompt methods may share a cache
         self._handles = [
             backbone.register_forward_pre_hook(self._prepend, with_kwargs=True),
@@ -100,10 +101,14 @@ class PromptMethod(nn.Module):
             return None
         mask, n = call.mask(), self.config.length
         new = call.get("inputs_embeds") if call.get("inputs_embeds") is not None else call.get("input_ids")
-        if isinstance(mask, torch.Tensor) and mask.ndim == 2 and new is not None and (
-            mask.shape[1] == call.cache().get_seq_length() - n + new.shape[1]
+        # callers size the mask without the prompt (HF generate: cache - prompt + new tokens; GIT also leaves out
+        # the image tokens it adds itself); a mask this method extended already (outer model, then backbone) or
+        # one that covers the whole cache is left alone
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2 and new is not None and mask is not self._extended and (
+            mask.shape[1] < call.cache().get_seq_length() + new.shape[1]
         ):
-            call.set("attention_mask", torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1))
+            self._extended = torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
+            call.set("attention_mask", self._extended)
             return call.result()
         return None
 
