@@ -56,7 +56,10 @@ def build_tiny(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
         eoi_token_index=EOI_TOKEN_ID,
     )
     config._attn_implementation = attn_implementation
-    return Gemma3ForConditionalGeneration(config).eval()
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # transformers initializes the projection to zeros: images would change nothing
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.2)
+    return model
 
 
 def tiny_inputs(model: nn.Module, lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:

@@ -44,7 +44,12 @@ def build_tiny(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
         image_token_index=IMAGE_TOKEN_ID,
     )
     config._attn_implementation = attn_implementation
-    return MllamaForConditionalGeneration(config).eval()
+    model = MllamaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # cross-attention gates start at 0 (tanh gate): open them so images matter in tests
+        for name, p in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                p.fill_(1.0)
+    return model
 
 
 def tiny_inputs(model: nn.Module, lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
