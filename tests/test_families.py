@@ -7,6 +7,7 @@ from conftest import randomize
 from mmpt import methods, models
 from mmpt.methods import PrefixConfig
 from mmpt.models.families import FAMILY_MODULES
+from mmpt.models.families._tiny import tiny_row
 
 # (family, towers) pairs where prefixes apply; Florence-2's presets are encoder / decoder / both (OFA "depth").
 CASES = [
@@ -16,7 +17,19 @@ CASES = [
     ("paligemma", ["lm"]), ("paligemma", ["vision"]),
     ("florence2", ["encoder"]), ("florence2", ["decoder"]), ("florence2", ["both"]),
     ("blip", ["lm"]),
+    ("llava_next", ["lm"]), ("llava_next", ["vision"]),
+    ("llava_onevision", ["lm"]), ("llava_onevision", ["vision"]),
+    ("internvl", ["lm"]), ("internvl", ["vision"]),
+    ("paligemma2", ["lm"]), ("paligemma2", ["vision"]),
+    ("gemma3", ["lm"]), ("gemma3", ["vision"]),
+    ("qwen2_vl", ["lm"]), ("qwen2_vl", ["vision"]),
+    ("qwen2_5_vl", ["lm"]), ("qwen2_5_vl", ["vision"]),
+    ("mllama", ["lm"]), ("mllama", ["vision"]),
+    ("git", ["lm"]), ("git", ["vision"]),
 ]
+
+# Gemma 2 cannot run SDPA (no logit softcapping there): its LM is eager; transformers implements GIT eager only
+EAGER_ONLY = [("paligemma2", ["lm"]), ("git", ["lm"]), ("git", ["vision"])]
 
 
 def _load(name, seed=0):
@@ -30,11 +43,9 @@ def _logits(model, batch, **kw):
         return model(**batch, **kw).logits
 
 
-def _row(batch, i):
-    """Sample ``i`` of a left-padded batch, padding removed."""
-    keep = batch["attention_mask"][i].bool()
-    return {k: (v[i][keep][None] if v.dim() == 2 and v.shape[1] == keep.shape[0] else v[i : i + 1])
-            for k, v in batch.items()}
+def _row(batch, i, module=None):
+    """Sample ``i`` of a left-padded batch, padding removed (the family's own ``tiny_row`` where it has one)."""
+    return getattr(module, "tiny_row", tiny_row)(batch, i)
 
 
 def _randomize(method):
@@ -55,13 +66,16 @@ def test_prefix_matrix(family, towers):
 
     def batch_matches_single() -> bool:
         cached = model.generate(**gen_inputs, **kw)
-        one = model.generate(**_row(gen_inputs, 1), **kw)
+        one = model.generate(**_row(gen_inputs, 1, module), **kw)
         row = cached[1, -one.shape[1]:] if not model.config.is_encoder_decoder else cached[1]
         return torch.equal(row, one[0])
 
-    # PaliGemma's and BART's (learned encoder positions) own left-padded generation differs from one-by-one;
-    # check only where the base model agrees.
+    # PaliGemma's, BART's (learned encoder positions) and GIT's (text positions counted past the padding) own
+    # left-padded outputs differ from one-by-one; check only where the base model agrees, logits included.
     padding_exact = batch_matches_single()
+    if padding_exact and not model.config.is_encoder_decoder:
+        one_logits = _logits(model, _row(gen_inputs, 1, module))[0, -1]
+        padding_exact = torch.allclose(_logits(model, gen_inputs)[1, -1], one_logits, atol=1e-4)
 
     method = methods.apply(loaded, PrefixConfig(length=3, towers=towers))
     _randomize(method)
@@ -125,6 +139,34 @@ def test_cross_attention_prefix(tmp_path):
     assert torch.equal(_logits(loaded.model, batch), base)
 
 
+@pytest.mark.parametrize("family", sorted(set(FAMILY_MODULES) - {"blip", "git", "florence2"}))  # their own rows
+def test_lm_prefix_with_eager_attention(family):
+    """Eager attention goes through mmpt's eager wrapper (additive masks): the prefix gives what it gives under
+    SDPA, generation with the KV cache equals generation without, and removal restores the model exactly."""
+    module = FAMILY_MODULES[family]
+    logits = {}
+    for attn in ("sdpa", "eager"):
+        loaded = models.load(f"{family}-tiny-random", attn_implementation=attn)
+        randomize(loaded.model, 0.3, 0)
+        model = loaded.model
+        batch = module.tiny_inputs(model, [3, 5])
+        base = _logits(model, batch)
+        method = methods.apply(loaded, PrefixConfig(length=2, towers=["lm"]))
+        _randomize(method)
+        logits[attn] = _logits(model, batch, use_cache=False)
+        if attn == "sdpa":
+            continue
+        lm = model.get_submodule(loaded.family.tower("lm").module)
+        assert lm.config._attn_implementation == "mmpt_eager"
+        kw = dict(max_new_tokens=3, do_sample=False)
+        assert torch.equal(model.generate(**batch, **kw), model.generate(**batch, use_cache=False, **kw))
+        method.remove()
+        assert lm.config._attn_implementation == "eager"
+        assert torch.equal(_logits(model, batch), base)
+    assert not torch.allclose(logits["eager"], base)
+    assert torch.allclose(logits["eager"], logits["sdpa"], atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("family", "towers", "message"),
     [
@@ -141,12 +183,14 @@ def test_unsupported_towers_fail_clearly(family, towers, message):
 
 
 def test_unknown_family_is_named(tmp_path):
-    (tmp_path / "config.json").write_text('{"model_type": "qwen2_vl"}')
-    with pytest.raises(ValueError, match="does not know model type 'qwen2_vl'; supported: .*llava"):
+    (tmp_path / "config.json").write_text('{"model_type": "no_such_vlm"}')
+    with pytest.raises(ValueError, match="does not know model type 'no_such_vlm'; supported: .*llava"):
         models.load(str(tmp_path))
 
 
-@pytest.mark.parametrize(("family", "towers"), [c for c in CASES if c[0] != "blip"],
+# BLIP and GIT: no SDPA in transformers; GIT's embeddings also add positions in place, which transformers'
+# gradient-checkpointing input hook rejects ("a leaf Variable that requires grad"), with or without mmpt
+@pytest.mark.parametrize(("family", "towers"), [c for c in CASES if c[0] not in ("blip", "git")],
                          ids=lambda v: v if isinstance(v, str) else "+".join(v))
 def test_prefix_checkpointing_bf16_cache_once_and_sdpa(family, towers, monkeypatch):
     grads = []
@@ -177,8 +221,9 @@ def test_prefix_checkpointing_bf16_cache_once_and_sdpa(family, towers, monkeypat
             p.grad = None
     assert torch.nn.functional.cosine_similarity(mild_grads[0], mild_grads[1], dim=0) > 0.95
 
-    # SDPA stays SDPA, through mmpt's wrapper
-    assert all(getattr(m, "config", None) is None or m.config._attn_implementation in ("mmpt_sdpa", "sdpa")
+    # SDPA stays SDPA, through mmpt's wrapper (eager stays eager where the tower has no SDPA path: Gemma 2)
+    allowed = ("mmpt_sdpa", "sdpa", *(("mmpt_eager",) if (family, towers) in EAGER_ONLY else ()))
+    assert all(getattr(m, "config", None) is None or m.config._attn_implementation in allowed
                for inj in method.injections for m in inj.modules)
     calls = []
     real = torch.nn.functional.scaled_dot_product_attention

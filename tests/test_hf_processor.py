@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ from mmpt.models.hf_processor import IGNORE_INDEX, HFProcessor
 
 PROMPTS = ["what color is the shape?", "is there a red circle in the image at all?"]
 ANSWERS = ["blue", "no"]
-FAMILIES = ["llava", "idefics3", "paligemma", "florence2", "blip2", "blip"]
+FAMILIES = ["llava", "idefics3", "paligemma", "florence2", "blip2", "blip", "llava_next", "llava_onevision", "internvl",
+            "paligemma2"]
+CHAT_FAMILIES = ["llava", "idefics3", "llava_next", "llava_onevision", "internvl"]
 
 # llava-hf/llava-1.5-*-hf's chat template: the assistant turn ends without an end-of-turn token
 LLAVA_TEMPLATE = (
@@ -32,6 +35,37 @@ SMOLVLM_TEMPLATE = (
     "{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
+# llava-hf/llava-v1.6-mistral-7b-hf's chat template (no generation prompt: the prompt ends with [/INST]), its
+# '</s>' written as the test tokenizer's eos
+LLAVA_NEXT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}"
+    "{{ '<<SYS>>\n' + message['content'][0]['text'] + '\n<</SYS>>\n\n' }}{% elif message['role'] == 'user' %}"
+    "{{ '[INST] ' }}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
+    "{{ '<image>\n' }}{% endfor %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] }}{% endfor %}{{' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' ' + message['content'][0]['text'] + '<|im_end|> '}}{% endif %}{% endfor %}"
+)
+# llava-hf/llava-onevision-qwen2-*-ov-hf's chat template: an assistant turn in the history opens with
+# "assistant " + newline, the generation prompt with "assistant" + newline
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\n' + content['text'] }}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+# OpenGVLab/InternVL3-*-hf's chat template (transformers' conversion script)
+INTERNVL_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n'}}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}"
+    "{{ '<video>\n' }}{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+PINPOINTS = [[32, 32], [32, 64], [64, 32]]  # AnyRes grids of 32x32 tiles (LLaVA-NeXT, LLaVA-OneVision)
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
               patch_size=8)
 
@@ -98,6 +132,102 @@ def build_paligemma(tok):
                        eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     config = PaliGemmaConfig(vision_config=dict(VISION, projection_dim=64), text_config=text,
                              image_token_index=proc.image_token_id, projection_dim=64)
+    return PaliGemmaForConditionalGeneration(config), proc
+
+
+def build_llava_next(tok, template=LLAVA_NEXT_TEMPLATE):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    tok.add_tokens(["<image>"], special_tokens=True)
+    images = LlavaNextImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+                                        image_grid_pinpoints=PINPOINTS)
+    proc = LlavaNextProcessor(image_processor=images, tokenizer=tok, patch_size=8, num_additional_image_tokens=1,
+                              vision_feature_select_strategy="default", chat_template=template)
+    config = LlavaNextConfig(vision_config=dict(VISION, model_type="clip_vision_model"), text_config=_llama(tok),
+                             image_token_index=proc.image_token_id, vision_feature_layer=-1,
+                             image_grid_pinpoints=PINPOINTS)
+    return LlavaNextForConditionalGeneration(config), proc
+
+
+def _qwen2(tok):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+
+
+def _without_video_processor(cls, **kwargs):
+    """``cls(**kwargs)`` with no video processor: transformers checks the class of even a missing one, and the video
+    processor base class does not exist without torchvision (not installed here); mmpt feeds images only."""
+    check = cls.check_argument_for_proper_class
+
+    def lenient(self, name, argument):
+        return None if argument is None else check(self, name, argument)
+
+    with mock.patch.object(cls, "check_argument_for_proper_class", lenient):
+        return cls(**kwargs, video_processor=None)
+
+
+def build_llava_onevision(tok, template=ONEVISION_TEMPLATE):
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionProcessor,
+    )
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import (
+        LlavaOnevisionImageProcessorPil,
+    )
+
+    tok.add_tokens(["<image>", "<video>"], special_tokens=True)
+    images = LlavaOnevisionImageProcessorPil(size={"height": 32, "width": 32}, image_grid_pinpoints=PINPOINTS)
+    proc = _without_video_processor(LlavaOnevisionProcessor, image_processor=images, tokenizer=tok,
+                                    num_image_tokens=16, vision_feature_select_strategy="full",
+                                    chat_template=template)
+    config = LlavaOnevisionConfig(vision_config=dict(VISION, model_type="siglip_vision_model"), text_config=_qwen2(tok),
+                                  image_token_index=proc.image_token_id, video_token_index=proc.video_token_id,
+                                  vision_feature_layer=-1, image_grid_pinpoints=PINPOINTS)
+    return LlavaOnevisionForConditionalGeneration(config), proc
+
+
+def build_internvl(tok, template=INTERNVL_TEMPLATE):
+    from transformers import InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+
+    specials = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                "video_token": "<video>"}
+    tok.add_tokens(list(specials.values()), special_tokens=True)
+    tok._set_model_specific_special_tokens(special_tokens=specials)  # tokenizer.context_image_token etc.
+    # 2 tiles of 32x32 and a thumbnail per image: pixel_values hold 3 tiles per sample, 12 context tokens each
+    images = GotOcr2ImageProcessorPil(size={"height": 32, "width": 32}, crop_to_patches=True, min_patches=2,
+                                      max_patches=2)
+    proc = _without_video_processor(InternVLProcessor, image_processor=images, tokenizer=tok, image_seq_length=4,
+                                    chat_template=template)
+    vision = dict(VISION, image_size=[32, 32], patch_size=[8, 8])
+    config = InternVLConfig(vision_config=vision, text_config=_qwen2(tok), image_token_id=proc.image_token_id,
+                            image_seq_length=4, downsample_ratio=0.5, vision_feature_layer=-1)
+    return InternVLForConditionalGeneration(config), proc
+
+
+def build_paligemma2(tok):
+    from transformers import (
+        Gemma2Config,
+        PaliGemmaConfig,
+        PaliGemmaForConditionalGeneration,
+        PaliGemmaProcessor,
+        SiglipImageProcessor,
+    )
+
+    images = SiglipImageProcessor(size={"height": 32, "width": 32}, image_seq_length=16)
+    proc = PaliGemmaProcessor(image_processor=images, tokenizer=tok)
+    text = Gemma2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, vocab_size=len(tok),
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                        sliding_window=16, layer_types=["sliding_attention", "full_attention"])
+    config = PaliGemmaConfig(vision_config=dict(VISION, projection_dim=64), text_config=text,
+                             image_token_index=proc.image_token_id, projection_dim=64)
+    config.text_config._attn_implementation = "eager"  # Gemma 2 has no SDPA path
     return PaliGemmaForConditionalGeneration(config), proc
 
 
@@ -168,7 +298,8 @@ def build_blip(_tok):
 
 
 BUILDERS = {"llava": build_llava, "idefics3": build_idefics3, "paligemma": build_paligemma,
-            "florence2": build_florence2, "blip2": build_blip2, "blip": build_blip}
+            "florence2": build_florence2, "blip2": build_blip2, "blip": build_blip, "llava_next": build_llava_next,
+            "llava_onevision": build_llava_onevision, "internvl": build_internvl, "paligemma2": build_paligemma2}
 
 
 def build(base_tokenizer, family, seed=0, **kw):
@@ -199,10 +330,12 @@ def expected_labels(family, tok, answer):
     """The ids each family labels for ``answer``: answer tokens + end token (Florence-2: ``<s>`` first)."""
     if family == "florence2":
         return [tok.bos_token_id, *_ids(tok, answer), tok.eos_token_id]
-    if family == "paligemma":
+    if family in ("paligemma", "paligemma2"):
         return [*_ids(tok, answer), tok.eos_token_id]
     if family == "blip":
         return [*_ids(tok, answer), tok.sep_token_id]
+    if family in ("llava_onevision", "internvl"):  # the answer starts a line after "<|im_start|>assistant"
+        return [*_ids(tok, answer), tok.eos_token_id]
     end = tok.convert_tokens_to_ids("<end_of_utterance>") if family == "idefics3" else tok.eos_token_id
     return [*_ids(tok, " " + answer), end]
 
@@ -239,8 +372,10 @@ def test_batches_are_padded_on_the_family_side(built, images):
                 assert (batch["labels"][i, pad] == IGNORE_INDEX).all()
         assert ("labels" in batch) == (answers is not None)
         assert "pixel_values" in batch
-    if family == "paligemma":
+    if family in ("paligemma", "paligemma2"):
         assert "token_type_ids" in batch
+    if family in ("llava_next", "llava_onevision"):
+        assert batch["image_sizes"].tolist() == [[40, 48], [48, 40]]
 
 
 def test_florence2_outputs_do_not_depend_on_the_batch(base_tokenizer, images):
@@ -297,7 +432,9 @@ def test_generation_stops_where_labels_end(built):
 
 
 @pytest.mark.parametrize("family, template", [("llava", LLAVA_TEMPLATE), ("llava", None),
-                                              ("idefics3", SMOLVLM_TEMPLATE)])
+                                              ("idefics3", SMOLVLM_TEMPLATE), ("llava_next", LLAVA_NEXT_TEMPLATE),
+                                              ("llava_onevision", ONEVISION_TEMPLATE),
+                                              ("internvl", INTERNVL_TEMPLATE)])
 def test_multi_turn_contexts_label_every_answer(base_tokenizer, images, family, template):
     model, hp = build(base_tokenizer, family, template=template)
     contexts = [[("how many shapes?", "two"), ("big?", "yes it is")], []]
@@ -312,8 +449,9 @@ def test_multi_turn_contexts_label_every_answer(base_tokenizer, images, family, 
         *expected_labels(family, tok, "blue")]
     text = tok.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
     assert text.count(tok.convert_ids_to_tokens(end)) >= 3
-    assert text.index("<image>") < text.index("how many shapes?")  # the image is in the first user turn
-    assert "<image>" not in text[text.index("big?") :]
+    image = hp.hf.image_token  # <image>, InternVL's <IMG_CONTEXT>
+    assert text.index(image) < text.index("how many shapes?")  # the image is in the first user turn
+    assert image not in text[text.index("big?") :]
     with torch.no_grad():
         assert math.isfinite(model(**batch, use_cache=False).loss.item())
 
@@ -334,7 +472,7 @@ def test_chat_family_without_template_raises_clearly(base_tokenizer, images):
 def test_contexts_are_for_chat_families_only(built, images):
     family, _, hp = built
     contexts = [[("how many shapes?", "two")], []]
-    if family in ("llava", "idefics3"):
+    if family in CHAT_FAMILIES:
         assert "labels" in hp(images, PROMPTS, ANSWERS, contexts)
     else:
         with pytest.raises(ValueError, match="no multi-turn format"):
@@ -380,19 +518,24 @@ def test_prefix_tuning_end_to_end(base_tokenizer, images, family):
     assert len(hp.decode(hp.generated_tokens(ids, prompt["input_ids"]))) == 2
 
 
-def test_load_pretrained_wraps_the_auto_processor(base_tokenizer, images, tmp_path):
+# LLaVA-OneVision's and InternVL's processors cannot be saved without their video processor (needs torchvision)
+@pytest.mark.parametrize(("family", "loads_as"), [("llava", "llava"), ("llava_next", "llava_next"),
+                                                  ("paligemma2", "paligemma")])
+def test_load_pretrained_wraps_the_auto_processor(base_tokenizer, images, tmp_path, family, loads_as):
     from mmpt import models
 
-    model, hp = build(base_tokenizer, "llava")
+    model, hp = build(base_tokenizer, family)
     model.save_pretrained(tmp_path)
     hp.hf.save_pretrained(tmp_path)
     loaded = models.load(str(tmp_path))
-    assert isinstance(loaded.processor, HFProcessor) and loaded.processor.family == "llava"
+    assert loaded.family.name == loads_as  # real PaliGemma 2 checkpoints are model type 'paligemma'
+    assert isinstance(loaded.processor, HFProcessor) and loaded.processor.family == loads_as
     batch = loaded.processor(images, PROMPTS, ANSWERS)
     assert torch.equal(batch["labels"], hp(images, PROMPTS, ANSWERS)["labels"])
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2", "llava_next", "llava_onevision",
+                                    "internvl", "paligemma2"])
 def test_forward_sees_the_positions_generation_sees(family, base_tokenizer, images):
     """With a prefix (keys without positions) the next-token scores of a plain forward over a padded batch equal
     generate()'s first-step scores: the batch's position ids count as generate() does (PaliGemma from 1)."""
@@ -420,7 +563,7 @@ def test_forward_sees_the_positions_generation_sees(family, base_tokenizer, imag
     assert torch.allclose(forward, generated, atol=1e-4), (forward - generated).abs().max()
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma"])
+@pytest.mark.parametrize("family", ["llava", "paligemma", "llava_next", "paligemma2"])
 def test_answer_head_mean_pooling_ignores_padding(family, base_tokenizer, images):
     """PaliGemma hands its LM a 4D mask: the head takes the padding mask from the outer call instead."""
     from mmpt import methods

@@ -19,6 +19,7 @@ from mmpt.methods import (
     VisualPromptConfig,
 )
 from mmpt.models.families import FAMILY_MODULES
+from mmpt.models.families._tiny import tiny_row
 
 TINY_CASES = [
     PromptConfig(length=3),
@@ -152,7 +153,8 @@ def test_visual_prompt_rejects_wrong_image_size(images):
 
 GENERATION_CASES = [
     (family, config)
-    for family in ["mmpt-tiny", "llava", "idefics3", "paligemma", "blip2", "florence2"]
+    for family in ["mmpt-tiny", "llava", "idefics3", "paligemma", "blip2", "florence2", "llava_next", "llava_onevision",
+                   "internvl", "paligemma2", "gemma3", "qwen2_vl", "qwen2_5_vl", "mllama", "git"]
     for config in [PromptConfig(length=3), DeepPromptConfig(length=2, tower="lm"),
                    M2PTConfig(visual_length=1, text_length=2, frame_width=8)]
     if not (family == "florence2" and config.name == "m2pt")  # no vision prompts for DaViT, no 'lm' tower
@@ -172,9 +174,7 @@ def test_prompt_generation_with_cache_matches(family, config, images):
         gen.pop("decoder_input_ids", None)
         if family == "florence2":  # prompts go into its decoder
             config = type(config)(**{**vars(config), "tower": "decoder"})
-    keep = gen["attention_mask"][1].bool()
-    single = {k: (v[1][keep][None] if v.dim() == 2 and v.shape[1] == keep.shape[0] else v[1:2])
-              for k, v in gen.items()}
+    single = getattr(FAMILY_MODULES.get(family), "tiny_row", tiny_row)(gen, 1)
     kw = dict(max_new_tokens=5, do_sample=False)
     encoder_decoder = loaded.model.config.is_encoder_decoder
 
@@ -204,7 +204,8 @@ def test_decoder_deep_prompts_must_start_at_layer_0():
     methods.apply(loaded, DeepPromptConfig(length=2, tower="lm", layers=[0, 1])).remove()
 
 
-@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2"])
+@pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2", "llava_next", "llava_onevision",
+                                    "internvl", "paligemma2", "gemma3", "qwen2_vl", "qwen2_5_vl", "mllama", "git"])
 def test_visual_deep_prompts_and_m2pt_on_vit_families(family):
     loaded = models.load(f"{family}-tiny-random")
     randomize(loaded.model)

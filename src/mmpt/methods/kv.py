@@ -287,6 +287,8 @@ def install_pins(modules: list[nn.Module], length: int) -> tuple[Pin, list[Any],
                 return
             if hasattr(cache, "self_attention_cache"):
                 cache = cache.self_attention_cache
+            if mod.layer_idx >= len(cache.layers):  # a cache built without the config: its layers keep everything
+                return
             layer = cache.layers[mod.layer_idx]
             if isinstance(layer, DynamicSlidingWindowLayer):
                 pin_sliding_layer(layer, id(pin), pin.length)

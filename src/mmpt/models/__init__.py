@@ -72,7 +72,7 @@ def load(name: str, **kwargs: Any) -> LoadedModel:
 
 
 def _register_builtin() -> None:
-    from mmpt.models import tiny
+    from mmpt.models import tiny, tiny_gemma3
     from mmpt.models.families import FAMILY_MODULES
 
     register_model(ModelEntry(
@@ -82,6 +82,11 @@ def _register_builtin() -> None:
     register_model(ModelEntry(
         "mmpt-tiny-random", tiny.load_tiny_random, tiny.FAMILY,
         "mmpt-tiny's architecture with a random 2-layer LM and random vision tower (tests)",
+    ))
+    register_model(ModelEntry(
+        "mmpt-tiny-gemma3", tiny_gemma3.load_tiny_gemma3, tiny_gemma3.FAMILY,
+        "EfficientNet-Lite0 + MLP projector + Gemma-3-270M (base, sliding window); RANDOM projector (none "
+        "shipped: `mmpt pretrain-projector --model mmpt-tiny-gemma3`); needs `make install-gemma3`",
     ))
     for fam_name, module in FAMILY_MODULES.items():
         register_model(ModelEntry(

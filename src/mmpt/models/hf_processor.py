@@ -4,18 +4,26 @@ mmpt's pipelines call ``processor(images, prompts, answers=None, contexts=None)`
 with ``labels`` on the answer tokens (see :class:`~mmpt.models.vlm.VLMProcessor`). Families differ in how a
 prompt becomes text and where labels come from; each family picks a :class:`Strategy`:
 
-- ``llava``, ``idefics3`` (chat): the processor's chat template renders
+- ``llava``, ``llava_next``, ``internvl``, ``idefics3`` (chat): the processor's chat template renders
   ``[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]`` (+ earlier turns);
   every assistant answer is labelled with its end-of-turn token (the tokenizer's eos is inserted after an answer
   when the template ends the turn without a special token, as LLaVA-1.5's template does). Without a chat template
-  LLaVA falls back to ``"USER: <image>\\n{prompt} ASSISTANT:"``, answers written ``" {answer}</s>"``.
+  LLaVA falls back to ``"USER: <image>\\n{prompt} ASSISTANT:"``, answers written ``" {answer}</s>"``. The image
+  placeholder expands in the processor: LLaVA-NeXT's into as many tokens as the image's AnyRes tiles give (the batch
+  carries ``image_sizes``), InternVL's ``<IMG_CONTEXT>`` into ``<img>`` + context tokens per tile + ``</img>``.
+- ``llava_onevision`` (chat): as above, but each turn is rendered on its own (user turn + generation prompt) and its
+  answer written right after the generation prompt, closed as the template closes an assistant turn. Its template
+  opens an assistant turn with ``"<|im_start|>assistant "`` + newline in the history but ``"<|im_start|>assistant"``
+  + newline as the generation prompt; answers are trained after the generation prompt, which is what generation
+  continues.
 - ``blip2``: ``"Question: {prompt} Answer:"`` (BLIP-2's VQA prompt), answer ``" {answer}"`` + eos.
 - ``blip`` (captioning decoder): ``bos + prompt`` (a caption prefix, may be empty), answer ``" {answer}"`` + sep.
   BLIP's ``generate`` drops the last input token and uses absolute positions, so its prompts end with sep and
   left padding shifts positions of shorter prompts (a limitation of the HF model).
-- ``paligemma``: ``"<image>" + prompt`` with the answer as the processor's ``suffix``; the processor makes
-  ``token_type_ids`` and ``labels`` itself. Prompts are passed as given (PaliGemma's own ones look like
-  ``"answer en {question}"``).
+- ``paligemma``, ``paligemma2``: ``"<image>" + prompt`` with the answer as the processor's ``suffix``; the
+  processor makes ``token_type_ids`` and ``labels`` itself. Prompts are passed as given (PaliGemma's own ones look
+  like ``"answer en {question}"``). Real PaliGemma 2 checkpoints have model type ``paligemma`` and get that
+  family; ``paligemma2`` (the Gemma 2 test family) shares its strategy.
 - ``florence2`` (encoder-decoder): the processor encodes the prompt (task tokens such as ``<CAPTION>`` expand to
   Florence-2's task prompts); ``labels`` are the decoder targets ``<s> answer </s>`` (right-padded with -100) as
   in Florence-2's fine-tuning; the model shifts them right itself. Its encoder inputs are RIGHT-padded: BART's
@@ -56,6 +64,23 @@ def render_chat(proc: Any, turns: Sequence[Turn], with_image: bool, add_generati
         if answer is not None:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return proc.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+
+def render_chat_per_turn(proc: Any, turns: Sequence[Turn], with_image: bool, add_generation_prompt: bool) -> str:
+    """The chat template applied one turn at a time: each user turn with its generation prompt, then the answer
+    and what the template writes after an answer (its end-of-turn), so that answers follow the generation prompt
+    exactly even where the template renders an assistant turn in the history differently (LLaVA-OneVision)."""
+    text = ""
+    for i, (user, answer) in enumerate(turns):
+        first = with_image and i == 0
+        text += render_chat(proc, [(user, None)], first, True)
+        if answer is None:
+            continue
+        full = render_chat(proc, [(user, answer)], first, False)
+        if answer not in full:
+            raise ValueError(f"{type(proc).__name__}'s chat template does not write assistant answers as given")
+        text += answer + full[full.rindex(answer) + len(answer) :]
+    return text
 
 
 def render_llava_plain(proc: Any, turns: Sequence[Turn], with_image: bool, add_generation_prompt: bool) -> str:
@@ -324,11 +349,16 @@ def answer_florence2(hp: HFProcessor, answer: str) -> list[int]:
 STRATEGIES: dict[str, Strategy] = {
     "llava": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
     "idefics3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "llava_next": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "llava_onevision": Strategy(encode_decoder_only, answer_decoder_only, render_chat_per_turn, multi_turn=True,
+                                first_position=0),
+    "internvl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
     "blip2": Strategy(encode_decoder_only, answer_decoder_only, render_blip2, continue_with="language_model",
                       first_position=0),
     "blip": Strategy(encode_decoder_only, answer_decoder_only, render_blip, add_special_tokens=False,
                      generation_suffix="sep_token"),
     "paligemma": Strategy(encode_paligemma, answer_paligemma, first_position=1),
+    "paligemma2": Strategy(encode_paligemma, answer_paligemma, first_position=1),
     "florence2": Strategy(encode_florence2, answer_florence2, is_encoder_decoder=True, padding_side="right"),
 }
 
@@ -352,7 +382,7 @@ class HFProcessor:
         if tokenizer is None:
             raise TypeError(f"{type(processor).__name__} has no tokenizer; HFProcessor wraps a full HF processor")
         strategy = STRATEGIES[family]
-        if strategy.render is render_chat and not getattr(processor, "chat_template", None):
+        if strategy.render in (render_chat, render_chat_per_turn) and not getattr(processor, "chat_template", None):
             fallback = render_llava_plain if family == "llava" else render_no_template
             strategy = Strategy(encode_decoder_only, answer_decoder_only, fallback, multi_turn=True,
                                 first_position=0)

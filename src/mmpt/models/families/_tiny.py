@@ -26,3 +26,12 @@ def left_padded(
 def random_text(n: int, low: int, high: int, gen: torch.Generator) -> list[int]:
     """``n`` random token ids in [low, high)."""
     return torch.randint(low, high, (n,), generator=gen).tolist()
+
+
+def tiny_row(batch: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Sample ``i`` of a left-padded tiny batch, padding removed: per-token tensors (second axis = sequence) lose
+    the padded positions, everything else keeps row ``i``. Families whose inputs are not batched by row
+    (Qwen2-VL's packed patches) define their own ``tiny_row``."""
+    keep = batch["attention_mask"][i].bool()
+    return {k: (v[i][keep][None] if v.dim() >= 2 and v.shape[1] == keep.shape[0] else v[i : i + 1])
+            for k, v in batch.items()}

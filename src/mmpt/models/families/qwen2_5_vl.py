@@ -19,6 +19,7 @@ FAMILY = Family(
     notes="As Qwen2-VL; vision blocks attend within windows except fullatt_block_indexes.",
 )
 tiny_inputs = qwen2_vl.tiny_inputs
+tiny_row = qwen2_vl.tiny_row
 
 
 def build_tiny(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:

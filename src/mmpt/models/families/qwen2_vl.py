@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from mmpt.models.families._tiny import left_padded, random_text
+from mmpt.models.families._tiny import tiny_row as batched_row
 from mmpt.models.family import Family, Tower
 
 FAMILY = Family(
@@ -65,3 +66,11 @@ def tiny_inputs(model: nn.Module, lengths: list[int], seed: int = 0) -> dict[str
     batch["image_grid_thw"] = torch.tensor([[1, GRID, GRID]] * len(lengths))
     batch["mm_token_type_ids"] = (batch["input_ids"] == IMAGE_TOKEN_ID).int()  # 1: image token (M-RoPE)
     return batch
+
+
+def tiny_row(batch: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+    """Sample ``i`` alone: its own patches out of the packed ``pixel_values``."""
+    patches = GRID * GRID
+    row = batched_row({k: v for k, v in batch.items() if k != "pixel_values"}, i)
+    row["pixel_values"] = batch["pixel_values"][i * patches : (i + 1) * patches]
+    return row
