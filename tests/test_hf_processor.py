@@ -17,8 +17,9 @@ from mmpt.models.hf_processor import IGNORE_INDEX, HFProcessor
 PROMPTS = ["what color is the shape?", "is there a red circle in the image at all?"]
 ANSWERS = ["blue", "no"]
 FAMILIES = ["llava", "idefics3", "paligemma", "florence2", "blip2", "blip", "llava_next", "llava_onevision", "internvl",
-            "paligemma2"]
-CHAT_FAMILIES = ["llava", "idefics3", "llava_next", "llava_onevision", "internvl"]
+            "paligemma2", "gemma3", "qwen2_vl", "qwen2_5_vl", "mllama", "git"]
+CHAT_FAMILIES = ["llava", "idefics3", "llava_next", "llava_onevision", "internvl", "gemma3", "qwen2_vl", "qwen2_5_vl",
+                 "mllama"]
 
 # llava-hf/llava-1.5-*-hf's chat template: the assistant turn ends without an end-of-turn token
 LLAVA_TEMPLATE = (
@@ -64,6 +65,44 @@ INTERNVL_TEMPLATE = (
     "{% if content['type'] == 'image' %}{{ '<IMG_CONTEXT>\n' }}{% elif content['type'] == 'video' %}"
     "{{ '<video>\n' }}{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}"
     "{{'<|im_end|>\n'}}{% endfor %}{% if add_generation_prompt %}{{'<|im_start|>assistant\n' }}{% endif %}"
+)
+# google/gemma-3-*-it's chat template (tool/system details trimmed): assistant turns are 'model' turns
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' %}{% set loop_messages = messages[1:] %}"
+    "{% else %}{% set first_user_prefix = '' %}{% set loop_messages = messages %}{% endif %}"
+    "{% for message in loop_messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}{{ '<start_of_image>' }}"
+    "{% elif item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+# Qwen/Qwen2-VL-*-Instruct's chat template (Qwen2.5-VL's is the same)
+QWEN2_VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}{{ content['text'] }}"
+    "{% endif %}{% endfor %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# meta-llama/Llama-3.2-*-Vision-Instruct's chat template (tools and dates trimmed), one newline after a header
+# instead of two: the test tokenizer splits "\n\n" + word into two newline tokens but "\n\n" at the end of a
+# text into one (GPT-2 pre-tokenization), so the generation prompt would not be a token prefix of a training
+# sequence (Llama 3's tokenizer keeps "\n\n" one token either way)
+MLLAMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] | trim }}{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}{{ '<|image|>' }}"
+    "{% elif content['type'] == 'text' %}{{ content['text'] | trim }}{% endif %}{% endfor %}{% endif %}"
+    "{{ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n' }}{% endif %}"
 )
 PINPOINTS = [[32, 32], [32, 64], [64, 32]]  # AnyRes grids of 32x32 tiles (LLaVA-NeXT, LLaVA-OneVision)
 VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
@@ -231,6 +270,111 @@ def build_paligemma2(tok):
     return PaliGemmaForConditionalGeneration(config), proc
 
 
+def build_gemma3(tok, template=GEMMA3_TEMPLATE):
+    """Gemma 3 as families/gemma3.py builds it, its image ids the tokenizer's last three (boi, eoi, image as
+    997, 998, 999 of the family's 1000-token vocabulary)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, Gemma3TextConfig
+    from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
+
+    from mmpt.models.families import gemma3
+
+    specials = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tok.add_tokens(["<start_of_turn>", "<end_of_turn>", *specials.values()], special_tokens=True)
+    tok._set_model_specific_special_tokens(special_tokens=specials)  # tokenizer.boi_token etc.
+    images = Gemma3ImageProcessorPil(size={"height": 32, "width": 32})
+    proc = Gemma3Processor(image_processor=images, tokenizer=tok, image_seq_length=gemma3.NUM_IMAGE_TOKENS,
+                           chat_template=template)
+    text = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                            num_key_value_heads=1, head_dim=16, vocab_size=len(tok), pad_token_id=tok.pad_token_id,
+                            eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
+                            sliding_window=gemma3.SLIDING_WINDOW, max_position_embeddings=256,
+                            layer_types=["sliding_attention", "sliding_attention", "full_attention"])
+    config = Gemma3Config(vision_config=dict(VISION, model_type="siglip_vision_model"), text_config=text,
+                          mm_tokens_per_image=gemma3.NUM_IMAGE_TOKENS, image_token_index=tok.image_token_id,
+                          boi_token_index=tok.boi_token_id, eoi_token_index=tok.eoi_token_id)
+    model = Gemma3ForConditionalGeneration(config)
+    with torch.no_grad():  # zero-initialized by transformers: images would change nothing
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0, 0.2)
+    return model, proc
+
+
+def build_qwen2_vl(tok, template=QWEN2_VL_TEMPLATE, model_type="qwen2_vl"):
+    """Qwen2-VL (or Qwen2.5-VL) as families/qwen2_vl.py builds it, its vision ids the tokenizer's last three
+    (start, end, image as 997, 998, 999). Images become 24x32 / 32x24 (at most 32x32 pixels): 12 tokens each."""
+    import transformers
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from mmpt.models.families import qwen2_vl
+
+    tok.add_tokens(["<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>"], special_tokens=True)
+    images = Qwen2VLImageProcessorPil(patch_size=qwen2_vl.PATCH, merge_size=qwen2_vl.MERGE,
+                                      temporal_patch_size=qwen2_vl.TEMPORAL,
+                                      size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32})
+    name = "Qwen2VL" if model_type == "qwen2_vl" else "Qwen2_5_VL"
+    proc = _without_video_processor(getattr(transformers, f"{name}Processor"), image_processor=images, tokenizer=tok,
+                                    chat_template=template)
+    settings = qwen2_vl._config()
+    settings["text_config"].update(vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id)
+    settings.update(image_token_id=proc.image_token_id, video_token_id=proc.video_token_id,
+                    vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+                    vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
+    if model_type == "qwen2_5_vl":  # as families/qwen2_5_vl.py
+        settings["vision_config"] = dict(depth=2, hidden_size=32, out_hidden_size=64, intermediate_size=64,
+                                         num_heads=4, patch_size=qwen2_vl.PATCH, spatial_merge_size=qwen2_vl.MERGE,
+                                         temporal_patch_size=qwen2_vl.TEMPORAL, in_channels=3, window_size=8,
+                                         fullatt_block_indexes=[1])
+    config = getattr(transformers, f"{name}Config")(**settings)
+    return getattr(transformers, f"{name}ForConditionalGeneration")(config), proc
+
+
+def build_qwen2_5_vl(tok, template=QWEN2_VL_TEMPLATE):
+    return build_qwen2_vl(tok, template, model_type="qwen2_5_vl")
+
+
+def build_mllama(tok, template=MLLAMA_TEMPLATE):
+    """Mllama as families/mllama.py builds it but with up to 2 tiles of 16x16 per image (the test images get 1x2
+    and 2x1 tiles); ``<|image|>`` is the tokenizer's last token (as 999)."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaProcessor
+    from transformers.models.mllama.image_processing_pil_mllama import MllamaImageProcessorPil
+
+    tok.add_tokens(["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>"], special_tokens=True)
+    images = MllamaImageProcessorPil(size={"height": 16, "width": 16}, max_image_tiles=2)
+    proc = MllamaProcessor(image_processor=images, tokenizer=tok, chat_template=template)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                  num_attention_heads=4, image_size=16, patch_size=8, max_num_tiles=2, vision_output_dim=64,
+                  intermediate_layers_indices=[0], supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]])
+    text = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=len(tok), cross_attention_layers=[1], max_position_embeddings=256,
+                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = MllamaForConditionalGeneration(
+        MllamaConfig(vision_config=vision, text_config=text, image_token_index=proc.image_token_id)
+    )
+    with torch.no_grad():  # tanh gates start at 0: open them so that images matter
+        for name, p in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                p.fill_(1.0)
+    return model, proc
+
+
+def build_git(_tok):
+    """GIT as families/git.py builds it (eager attention only) over a tiny BERT vocabulary; bos/eos are [CLS]/[SEP]
+    as in microsoft/git-* checkpoints."""
+    from transformers import BertTokenizer, GitConfig, GitForCausalLM, GitProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "?", *" ".join([*PROMPTS, *ANSWERS]).split()]
+    tok = BertTokenizer(vocab={w: i for i, w in enumerate(dict.fromkeys(words))})
+    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    proc = GitProcessor(image_processor=images, tokenizer=tok)
+    config = GitConfig(vision_config=dict(VISION, model_type="clip_vision_model"), hidden_size=64,
+                       intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=len(tok),
+                       max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id,
+                       eos_token_id=tok.sep_token_id)
+    config._attn_implementation = "eager"  # transformers' GIT refuses SDPA
+    return GitForCausalLM(config), proc
+
+
 def build_florence2(tok):
     from transformers import (
         CLIPImageProcessor,
@@ -299,7 +443,9 @@ def build_blip(_tok):
 
 BUILDERS = {"llava": build_llava, "idefics3": build_idefics3, "paligemma": build_paligemma,
             "florence2": build_florence2, "blip2": build_blip2, "blip": build_blip, "llava_next": build_llava_next,
-            "llava_onevision": build_llava_onevision, "internvl": build_internvl, "paligemma2": build_paligemma2}
+            "llava_onevision": build_llava_onevision, "internvl": build_internvl, "paligemma2": build_paligemma2,
+            "gemma3": build_gemma3, "qwen2_vl": build_qwen2_vl, "qwen2_5_vl": build_qwen2_5_vl,
+            "mllama": build_mllama, "git": build_git}
 
 
 def build(base_tokenizer, family, seed=0, **kw):
@@ -332,10 +478,14 @@ def expected_labels(family, tok, answer):
         return [tok.bos_token_id, *_ids(tok, answer), tok.eos_token_id]
     if family in ("paligemma", "paligemma2"):
         return [*_ids(tok, answer), tok.eos_token_id]
-    if family == "blip":
+    if family in ("blip", "git"):
         return [*_ids(tok, answer), tok.sep_token_id]
-    if family in ("llava_onevision", "internvl"):  # the answer starts a line after "<|im_start|>assistant"
+    if family in ("llava_onevision", "internvl", "qwen2_vl", "qwen2_5_vl"):  # a line after "<|im_start|>assistant"
         return [*_ids(tok, answer), tok.eos_token_id]
+    if family == "gemma3":  # a line after "<start_of_turn>model"
+        return [*_ids(tok, answer), tok.convert_tokens_to_ids("<end_of_turn>")]
+    if family == "mllama":  # a line after "<|start_header_id|>assistant<|end_header_id|>"
+        return [*_ids(tok, answer), tok.convert_tokens_to_ids("<|eot_id|>")]
     end = tok.convert_tokens_to_ids("<end_of_utterance>") if family == "idefics3" else tok.eos_token_id
     return [*_ids(tok, " " + answer), end]
 
@@ -376,6 +526,20 @@ def test_batches_are_padded_on_the_family_side(built, images):
         assert "token_type_ids" in batch
     if family in ("llava_next", "llava_onevision"):
         assert batch["image_sizes"].tolist() == [[40, 48], [48, 40]]
+    if family == "gemma3":  # 4 image tokens per image, marked for bidirectional attention
+        assert batch["token_type_ids"].sum(1).tolist() == [4, 4]
+    if family in ("qwen2_vl", "qwen2_5_vl"):  # packed patches of 24x32 and 32x24 images, M-RoPE by the model
+        assert batch["image_grid_thw"].tolist() == [[1, 6, 8], [1, 8, 6]]
+        assert batch["pixel_values"].shape == (2 * 48, 3 * 2 * 4 * 4)
+        assert batch["mm_token_type_ids"].sum(1).tolist() == [12, 12] and "position_ids" not in batch
+    if family == "mllama":  # 1x2 and 2x1 tiles; text from <|image|> on reads the image's tiles
+        assert batch["aspect_ratio_ids"].tolist() == [[2], [3]]
+        cross = batch["cross_attention_mask"]
+        assert cross.shape == (*batch["input_ids"].shape, 1, 2)
+        image = (batch["input_ids"] == hp.hf.image_token_id).int().cumsum(1).bool()
+        assert torch.equal(cross[..., 0, 0].bool(), image & batch["attention_mask"].bool())
+    if family == "git":  # image tokens are the model's own; its forward takes no token_type_ids
+        assert "token_type_ids" not in batch and "position_ids" in batch
 
 
 def test_florence2_outputs_do_not_depend_on_the_batch(base_tokenizer, images):
@@ -402,8 +566,9 @@ def test_loss_ranking_and_generation(built, images):
         if hp.is_encoder_decoder:
             logp = torch.log_softmax(model(**batch, labels=labels, use_cache=False).logits.float(), -1)
             target = labels
-        else:
-            logp = torch.log_softmax(model(**batch, use_cache=False).logits.float()[:, :-1], -1)
+        else:  # the text's logits: GIT's also cover the image tokens it puts in front
+            logits = model(**batch, use_cache=False).logits[:, -batch["input_ids"].shape[1] :]
+            logp = torch.log_softmax(logits.float()[:, :-1], -1)
             target = labels[:, 1:]
         picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (target >= 0)
         assert torch.allclose(-picked.sum() / (target >= 0).sum(), loss, atol=1e-4)
@@ -428,13 +593,16 @@ def test_generation_stops_where_labels_end(built):
         assert hp.generation_kwargs == {}
     else:
         assert end in hp.generation_kwargs["eos_token_id"]
-        assert hp.tokenizer.eos_token_id in hp.generation_kwargs["eos_token_id"]
+        if hp.tokenizer.eos_token_id is not None:  # BERT tokenizers (GIT) have none: sep ends answers
+            assert hp.tokenizer.eos_token_id in hp.generation_kwargs["eos_token_id"]
 
 
 @pytest.mark.parametrize("family, template", [("llava", LLAVA_TEMPLATE), ("llava", None),
                                               ("idefics3", SMOLVLM_TEMPLATE), ("llava_next", LLAVA_NEXT_TEMPLATE),
                                               ("llava_onevision", ONEVISION_TEMPLATE),
-                                              ("internvl", INTERNVL_TEMPLATE)])
+                                              ("internvl", INTERNVL_TEMPLATE), ("gemma3", GEMMA3_TEMPLATE),
+                                              ("qwen2_vl", QWEN2_VL_TEMPLATE), ("qwen2_5_vl", QWEN2_VL_TEMPLATE),
+                                              ("mllama", MLLAMA_TEMPLATE)])
 def test_multi_turn_contexts_label_every_answer(base_tokenizer, images, family, template):
     model, hp = build(base_tokenizer, family, template=template)
     contexts = [[("how many shapes?", "two"), ("big?", "yes it is")], []]
@@ -518,9 +686,11 @@ def test_prefix_tuning_end_to_end(base_tokenizer, images, family):
     assert len(hp.decode(hp.generated_tokens(ids, prompt["input_ids"]))) == 2
 
 
-# LLaVA-OneVision's and InternVL's processors cannot be saved without their video processor (needs torchvision)
+# LLaVA-OneVision's, InternVL's and Qwen2-VL's processors cannot be saved without their video processor (needs
+# torchvision)
 @pytest.mark.parametrize(("family", "loads_as"), [("llava", "llava"), ("llava_next", "llava_next"),
-                                                  ("paligemma2", "paligemma")])
+                                                  ("paligemma2", "paligemma"), ("gemma3", "gemma3"),
+                                                  ("mllama", "mllama"), ("git", "git")])
 def test_load_pretrained_wraps_the_auto_processor(base_tokenizer, images, tmp_path, family, loads_as):
     from mmpt import models
 
@@ -535,7 +705,7 @@ def test_load_pretrained_wraps_the_auto_processor(base_tokenizer, images, tmp_pa
 
 
 @pytest.mark.parametrize("family", ["llava", "idefics3", "paligemma", "blip2", "llava_next", "llava_onevision",
-                                    "internvl", "paligemma2"])
+                                    "internvl", "paligemma2", "gemma3", "qwen2_vl", "qwen2_5_vl", "mllama", "git"])
 def test_forward_sees_the_positions_generation_sees(family, base_tokenizer, images):
     """With a prefix (keys without positions) the next-token scores of a plain forward over a padded batch equal
     generate()'s first-step scores: the batch's position ids count as generate() does (PaliGemma from 1)."""
@@ -563,7 +733,8 @@ def test_forward_sees_the_positions_generation_sees(family, base_tokenizer, imag
     assert torch.allclose(forward, generated, atol=1e-4), (forward - generated).abs().max()
 
 
-@pytest.mark.parametrize("family", ["llava", "paligemma", "llava_next", "paligemma2"])
+@pytest.mark.parametrize("family", ["llava", "paligemma", "llava_next", "paligemma2", "gemma3", "qwen2_vl",
+                                    "qwen2_5_vl", "mllama", "git"])
 def test_answer_head_mean_pooling_ignores_padding(family, base_tokenizer, images):
     """PaliGemma hands its LM a 4D mask: the head takes the padding mask from the outer call instead."""
     from mmpt import methods

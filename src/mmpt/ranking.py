@@ -30,6 +30,15 @@ from mmpt.evaluate import open_image
 
 Autocast = Callable[[], AbstractContextManager[Any]]
 
+# Families whose scores were checked against a forward pass per candidate and did not match: refused rather
+# than ranked wrongly.
+UNRANKED_FAMILIES = {
+    "qwen2_vl": "continuing its KV cache needs the image grid's 3-D RoPE state",
+    "qwen2_5_vl": "continuing its KV cache needs the image grid's 3-D RoPE state",
+    "mllama": "continuing its KV cache needs the cross-attention mask of the image",
+    "git": "its logits also cover the image tokens it prepends internally",
+}
+
 
 def can_reuse_prompt(processor: Any) -> bool:
     """Whether ``processor`` tokenizes answers on their own (``answer_ids``), which prompt reuse needs."""
@@ -64,6 +73,10 @@ def candidate_scores(
     """
     if not candidates:
         raise ValueError("ranking needs at least one candidate answer (eval.candidates)")
+    family = getattr(processor, "family", "")
+    if family in UNRANKED_FAMILIES:
+        raise ValueError(f"candidate ranking is not supported for {family} models yet: "
+                         f"{UNRANKED_FAMILIES[family]}; leave eval.candidates empty to answer by generation")
     device = next(model.parameters()).device
     answers = None
     if reuse_prompt is not False:

@@ -16,10 +16,21 @@ prompt becomes text and where labels come from; each family picks a :class:`Stra
   opens an assistant turn with ``"<|im_start|>assistant "`` + newline in the history but ``"<|im_start|>assistant"``
   + newline as the generation prompt; answers are trained after the generation prompt, which is what generation
   continues.
+- ``gemma3``, ``qwen2_vl``, ``qwen2_5_vl``, ``mllama`` (chat): as ``llava``. Gemma 3's ``<start_of_image>``
+  expands to ``\\n\\n<start_of_image>`` + image tokens + ``<end_of_image>\\n\\n`` (``token_type_ids`` mark the
+  image tokens); Qwen2-VL's ``<|image_pad|>`` into one token per merged patch group (``pixel_values`` are packed
+  patches of all images, ``image_grid_thw`` gives each image's grid, ``mm_token_type_ids`` the image tokens);
+  Mllama's ``<|image|>`` stays one token and its batch carries tiles (``aspect_ratio_ids``/``_mask``) and the
+  ``cross_attention_mask`` (text from the image token on reads the image). Gemma 3's and Mllama's processors take
+  one list of images per sample (:attr:`Strategy.nested_images`). Qwen2-VL batches carry no ``position_ids``: the
+  model computes its multimodal (3-D) RoPE positions from the tokens and the attention mask itself.
 - ``blip2``: ``"Question: {prompt} Answer:"`` (BLIP-2's VQA prompt), answer ``" {answer}"`` + eos.
 - ``blip`` (captioning decoder): ``bos + prompt`` (a caption prefix, may be empty), answer ``" {answer}"`` + sep.
   BLIP's ``generate`` drops the last input token and uses absolute positions, so its prompts end with sep and
   left padding shifts positions of shorter prompts (a limitation of the HF model).
+- ``git``: as BLIP without the sep suffix, ``[CLS] + prompt`` + ``" {answer}"`` + sep (GIT's captioning and VQA
+  format: generation continues the prompt). The image tokens are prepended inside the model, not written in the
+  text; GIT's logits therefore cover image tokens + text (the text's are the last ``input_ids.shape[1]``).
 - ``paligemma``, ``paligemma2``: ``"<image>" + prompt`` with the answer as the processor's ``suffix``; the
   processor makes ``token_type_ids`` and ``labels`` itself. Prompts are passed as given (PaliGemma's own ones look
   like ``"answer en {question}"``). Real PaliGemma 2 checkpoints have model type ``paligemma`` and get that
@@ -41,7 +52,7 @@ prompt from ``generate`` output, and ``is_encoder_decoder`` tells how ``labels``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -109,7 +120,8 @@ def render_blip2(proc: Any, turns: Sequence[Turn], with_image: bool, add_generat
 
 
 def render_blip(proc: Any, turns: Sequence[Turn], with_image: bool, add_generation_prompt: bool) -> str:
-    """BLIP's text decoder input: its bos (``[DEC]``, else ``[CLS]``) + caption prefix (+ ``" {answer}"``)."""
+    """BLIP's and GIT's text decoder input: the bos (BLIP's ``[DEC]``, else ``[CLS]``) + caption prefix or question
+    (+ ``" {answer}"``)."""
     (user, answer), = turns
     tok = proc.tokenizer
     return f"{tok.bos_token or tok.cls_token}{user}" + ("" if answer is None else f" {answer}")
@@ -123,6 +135,15 @@ def end_token(tokenizer: Any) -> str:
     return str(token)
 
 
+def special_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """The tokenizer's special tokens: the named ones and every added token flagged special (Gemma 3's
+    ``<end_of_turn>`` and Llama 3's ``<|eot_id|>`` are only the latter)."""
+    names = {str(t) for t in tokenizer.all_special_tokens}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    names |= {str(t.content) for t in added.values() if getattr(t, "special", False)}
+    return tuple(sorted(n for n in names if n))
+
+
 def conversation(
     render: Render, proc: Any, turns: Sequence[Turn], with_image: bool
 ) -> tuple[str, list[tuple[int, int]]]:
@@ -133,7 +154,7 @@ def conversation(
     not end with a special token. The final answer's trailing whitespace is dropped (the sequence ends there).
     """
     tok = proc.tokenizer
-    specials = tuple(str(t) for t in tok.all_special_tokens if str(t))
+    specials = special_tokens(tok)
     text, rendered, spans = "", "", []
     for i, (user, answer) in enumerate(turns):
         prompt = render(proc, [*turns[:i], (user, None)], with_image, True)
@@ -239,6 +260,10 @@ class Strategy:
             training loss would depend on its batch's padding and differ from what generation sees. They are
             for forward passes: drop them before ``generate()``, which counts positions itself (and PaliGemma's
             adds 1 to positions it is given).
+        nested_images: the HF processor takes one list of images per sample (Gemma 3, Mllama read a flat list as
+            all images of one sample).
+        drop: keys of the HF processor's output the model does not take (GIT: its BERT tokenizer's
+            ``token_type_ids``).
     """
 
     encode: Callable[..., dict[str, torch.Tensor]]
@@ -251,6 +276,8 @@ class Strategy:
     padding_side: str = "left"
     continue_with: str = ""
     first_position: int | None = None
+    nested_images: bool = False
+    drop: tuple[str, ...] = ()
 
 
 ImageList = Sequence[Image.Image | np.ndarray] | None
@@ -258,9 +285,12 @@ Contexts = Sequence[Sequence[tuple[str, str]]] | None
 
 
 def _hf_call(hp: HFProcessor, images: ImageList, texts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
-    out = hp.hf(images=None if images is None else list(images), text=texts, return_tensors="pt",
-                padding=True, padding_side=hp.padding_side, **kwargs)
-    batch = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+    pixels: list[Any] | None = None
+    if images is not None:
+        pixels = [[image] for image in images] if hp.strategy.nested_images else list(images)
+    out = hp.hf(images=pixels, text=texts, return_tensors="pt", padding=True, padding_side=hp.padding_side,
+                **kwargs)
+    batch = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in hp.strategy.drop}
     if hp.padding_side == "left":
         left_align(batch, hp.pad_token_id)
     return batch
@@ -357,6 +387,14 @@ STRATEGIES: dict[str, Strategy] = {
                       first_position=0),
     "blip": Strategy(encode_decoder_only, answer_decoder_only, render_blip, add_special_tokens=False,
                      generation_suffix="sep_token"),
+    "gemma3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0,
+                       nested_images=True),
+    "qwen2_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "qwen2_5_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "mllama": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0,
+                       nested_images=True),
+    "git": Strategy(encode_decoder_only, answer_decoder_only, render_blip, add_special_tokens=False,
+                    first_position=0, drop=("token_type_ids",)),
     "paligemma": Strategy(encode_paligemma, answer_paligemma, first_position=1),
     "paligemma2": Strategy(encode_paligemma, answer_paligemma, first_position=1),
     "florence2": Strategy(encode_florence2, answer_florence2, is_encoder_decoder=True, padding_side="right"),
@@ -384,8 +422,7 @@ class HFProcessor:
         strategy = STRATEGIES[family]
         if strategy.render in (render_chat, render_chat_per_turn) and not getattr(processor, "chat_template", None):
             fallback = render_llava_plain if family == "llava" else render_no_template
-            strategy = Strategy(encode_decoder_only, answer_decoder_only, fallback, multi_turn=True,
-                                first_position=0)
+            strategy = replace(strategy, render=fallback)
         self.hf = processor
         self.family = family
         self.strategy = strategy

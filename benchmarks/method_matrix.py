@@ -1,0 +1,139 @@
+"""Every method x every family x {sdpa, eager}: which apply, which refuse with a message, which fail.
+
+    python benchmarks/method_matrix.py [--csv results/method_matrix.csv] [--families llava,gemma3]
+
+For each tiny random family model and method config it checks the invariants the test matrix checks: the method
+changes the output once its parameters move; only its parameters are trainable; greedy generation with the KV
+cache equals generation without; removal restores the logits bit for bit. A ``ValueError`` raised by
+``methods.apply`` is a refusal (its message is recorded); anything else, or a broken invariant, is a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmpt import methods, models
+from mmpt.methods import (
+    AdapterConfig,
+    BitFitConfig,
+    DeepPromptConfig,
+    FullConfig,
+    HeadConfig,
+    LoRAConfig,
+    M2PTConfig,
+    PrefixConfig,
+    ProjectorConfig,
+    PromptConfig,
+    VisualPromptConfig,
+)
+from mmpt.models.families import FAMILY_MODULES
+
+CONFIGS: dict[str, Any] = {
+    "prefix/lm": PrefixConfig(length=3, towers=["lm"]),
+    "prefix/vision": PrefixConfig(length=3, towers=["vision"]),
+    "prompt": PromptConfig(length=3),
+    "deep_prompt/lm": DeepPromptConfig(length=2, tower="lm"),
+    "deep_prompt/vision": DeepPromptConfig(length=2, tower="vision"),
+    "visual_prompt": VisualPromptConfig(width=2),
+    "m2pt": M2PTConfig(visual_length=1, text_length=2, frame_width=2),
+    "lora": LoRAConfig(r=2),
+    "adapter/sequential": AdapterConfig(bottleneck=4, placement="sequential"),
+    "adapter/parallel": AdapterConfig(bottleneck=4, placement="parallel"),
+    "bitfit": BitFitConfig(),
+    "full/lm": FullConfig(towers=["lm"]),
+    "head": HeadConfig(),
+    "projector": ProjectorConfig(),
+}
+
+
+def randomize(model: torch.nn.Module, std: float = 0.3) -> None:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, std, generator=gen)
+
+
+def check(family: str, name: str, config: Any, attn: str) -> tuple[str, str]:
+    """("passed" | "refused" | "failed", detail)."""
+    module = FAMILY_MODULES[family]
+    loaded = models.load(f"{family}-tiny-random", attn_implementation=attn)
+    randomize(loaded.model)
+    model = loaded.model
+    batch = module.tiny_inputs(model, [3, 5])
+    gen_inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
+    with torch.no_grad():
+        base = model(**batch).logits
+    if family == "florence2" and name in ("prompt", "deep_prompt/lm"):
+        config = type(config)(**{**vars(config), "tower": "decoder"})
+    pixels = batch.get("pixel_values")
+    if name in ("visual_prompt", "m2pt") and pixels is not None and pixels.dim() >= 4:
+        config = type(config)(**{**vars(config), "image_size": pixels.shape[-1]})
+    try:
+        method = methods.apply(loaded, config)
+    except ValueError as exc:
+        return "refused", str(exc).splitlines()[0]
+    try:
+        trained = {id(p) for p in method.parameters()}
+        if not trained or any(p.requires_grad != (id(p) in trained) for p in model.parameters()):
+            return "failed", "trainable parameters are not exactly the method's"
+        with torch.no_grad():
+            for p in method.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * 0.5)
+            moved = model(**batch, use_cache=False).logits
+        if torch.allclose(moved, base):
+            return "failed", "no effect on the logits"
+        kw = dict(max_new_tokens=4, do_sample=False)
+        if not torch.equal(model.generate(**gen_inputs, **kw), model.generate(**gen_inputs, use_cache=False, **kw)):
+            return "failed", "generation with the KV cache differs from without"
+        method.remove()
+        if name in ("bitfit", "full/lm", "head", "projector"):  # they train base weights in place
+            return "passed", ""
+        with torch.no_grad():
+            if not torch.equal(model(**batch).logits, base):
+                return "failed", "removal did not restore the logits exactly"
+        return "passed", ""
+    except Exception as exc:  # noqa: BLE001 - a matrix: every failure is recorded, not raised
+        return "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--csv", type=Path, default=None)
+    parser.add_argument("--families", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    families = args.families.split(",") if args.families else sorted(FAMILY_MODULES)
+    rows = []
+    start = time.perf_counter()
+    for family in families:
+        for attn in ("sdpa", "eager"):
+            for name, config in CONFIGS.items():
+                outcome, detail = check(family, name, config, attn)
+                rows.append({"family": family, "attn": attn, "method": name, "outcome": outcome, "detail": detail})
+                if outcome == "failed":
+                    print(f"FAILED {family} {attn} {name}: {detail}", file=sys.stderr, flush=True)
+        print(f"{family}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("passed", "refused", "failed")}
+    print(f"\n{len(families)} families x {len(CONFIGS)} method configs x 2 attention implementations = {len(rows)}: "
+          f"{counts['passed']} passed, {counts['refused']} refused with a message, {counts['failed']} failed")
+    for r in rows:
+        if r["outcome"] == "refused":
+            print(f"  refused: {r['family']} {r['attn']} {r['method']}: {r['detail']}")
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["family", "attn", "method", "outcome", "detail"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
