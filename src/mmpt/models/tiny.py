@@ -145,6 +145,7 @@ def build_embedded_vlm(
     default_checkpoint: Path,
     dtype: torch.dtype = torch.float32,
     attn_implementation: str = "sdpa",
+    model_name: str = "mmpt-tiny",
 ) -> tuple[VisionLanguageModel, VLMProcessor]:
     """EfficientNet-Lite0 (ImageNet weights) -> projector -> the causal LM saved in ``lm_folder``, in eval mode.
 
@@ -156,6 +157,7 @@ def build_embedded_vlm(
         default_checkpoint: the model's shipped projector checkpoint (it need not exist).
         dtype: parameter dtype of the language model.
         attn_implementation: ``sdpa`` or ``eager``.
+        model_name: the registered name, for the warning about a random projector.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -175,7 +177,9 @@ def build_embedded_vlm(
     elif projector_checkpoint:
         raise FileNotFoundError(f"projector checkpoint {path} does not exist")
     else:
-        log.warning("no pretrained projector at %s: the projector is random; run `mmpt pretrain-projector`", path)
+        option = "" if model_name == "mmpt-tiny" else f" --model {model_name}"
+        log.warning("no pretrained projector at %s: the projector is random; run `mmpt pretrain-projector%s`",
+                    path, option)
     return model.eval(), processor
 
 
