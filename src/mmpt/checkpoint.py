@@ -212,11 +212,6 @@ def resolve_checkpoint(run_dir: Path) -> tuple[Path, TrainState]:
                          "; start the run again, or use best/ or the method files it has")
 
 
-def read_state(folder: Path) -> TrainState:
-    """The :class:`TrainState` of the run folder that holds ``folder`` (see :func:`resolve_checkpoint`)."""
-    return resolve_checkpoint(folder.parent)[1]
-
-
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts (``key (old -> new)``)."""
     out = []

@@ -25,21 +25,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from mmpt.cache import sha256_file
+
 MANIFEST = "manifest.json"
 TREE_KEY = "mmpt_tree"
 
 
 class IntegrityError(ValueError):
     """A file mmpt wrote is missing, damaged or holds non-finite numbers; the message says what to do."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
