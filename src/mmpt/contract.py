@@ -37,9 +37,28 @@ class ContractError(RuntimeError):
     """transformers passed something mmpt's hooks do not understand: raised instead of guessing."""
 
 
+_SIGNATURES: dict[Any, tuple[inspect.Signature, list[str]]] = {}  # forward function -> signature, positional names
+
+
+def _read_signature(module: nn.Module) -> tuple[inspect.Signature, list[str]]:
+    """``inspect.signature(module.forward)`` and its positional parameter names, memoized per function: hooks run
+    per layer and per decoding step, and reading a signature costs ~0.25 ms (5% of a SmolLM2 decoding step)."""
+    forward = module.forward
+    key = getattr(forward, "__func__", forward)
+    entry = _SIGNATURES.get(key)
+    if entry is None:
+        signature = inspect.signature(forward)
+        names = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        entry = _SIGNATURES[key] = (signature, names)
+    return entry
+
+
+def _signature(module: nn.Module) -> inspect.Signature:
+    return _read_signature(module)[0]
+
+
 def _positional_names(module: nn.Module) -> list[str]:
-    params = inspect.signature(module.forward).parameters.values()
-    return [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return _read_signature(module)[1]
 
 
 def _library_cache_name() -> str:
@@ -62,7 +81,7 @@ def cache_argument(module: nn.Module) -> str:
     A forward that names none but takes ``**kwargs`` (a wrapper such as mmpt-tiny's VLM) gets the installed
     transformers' convention.
     """
-    params = inspect.signature(module.forward).parameters
+    params = _signature(module).parameters
     for name in CACHE_NAMES:
         if name in params:
             return name
@@ -148,7 +167,7 @@ class CallArguments:
         """Pass ``cache`` under the name this call (or else the module's signature) uses."""
         name = self._cache_name()
         if name is None:
-            params = inspect.signature(self.module.forward).parameters
+            params = _signature(self.module).parameters
             name = next((n for n in CACHE_NAMES if n in params), None)
         if name is None:
             raise ContractError(f"{type(self.module).__name__}.forward takes no KV cache argument")
