@@ -6,7 +6,8 @@ Run it on an idle machine (nothing else running). One process, all variants inte
 median reported. Model: SmolLM2-135M's shape (Llama, 30 layers, width 576, 9 heads / 3 KV heads, vocabulary
 49,152), random weights, fp32, SDPA.
 
-Training (batch 8, sequence 128, AdamW, one optimizer step): mmpt ``prefix`` (64 tokens), PEFT prefix tuning
+Training (batch 8, sequence 128, AdamW, one optimizer step; the order of the variants rotates every repeat, use
+``--repeats 6`` so that each variant takes each position once): mmpt ``prefix`` (64 tokens), PEFT prefix tuning
 (64 virtual tokens), PEFT LoRA r16 on q/k/v, mmpt ``lora`` r16 on q/k/v, full fine-tuning, mmpt ``prefix`` with
 gradient checkpointing. Peak memory: the largest resident set size sampled every 2 ms during a step, minus the
 resident set size before it (what the step adds on top of the loaded models).
@@ -139,8 +140,12 @@ def bench_training(base: LlamaForCausalLM, repeats: int) -> list[dict[str, Any]]
         train_step(model, optimizers[name], batch)
     times: dict[str, list[float]] = {k: [] for k in variants}
     memory: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
     for r in range(repeats):
-        for name, (model, _) in variants.items():
+        # rotate the order every repeat: the first step after another variant's pays for re-faulting the memory
+        # glibc handed back (up to +25% measured), so no variant may always sit in the same position
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            model = variants[name][0]
             seconds, added = measure(lambda m=model, o=optimizers[name]: train_step(m, o, batch))
             times[name].append(seconds)
             memory[name].append(added)

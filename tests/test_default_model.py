@@ -39,15 +39,17 @@ def test_quickstart_smoke(tmp_path):
     code = main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress",
                  f"output_dir={tmp_path}"])
     assert code == 0
-    run = tmp_path / "quickstart"
-    for name in ("config.yaml", "metrics.json", "prefix.safetensors", "report.md", "log.csv"):
+    run = tmp_path / "smoke" / "quickstart"  # smoke runs never take the real run's folder
+    for name in ("config.yaml", "metrics.json", "prefix.safetensors", "report.md", "README.md", "log.csv",
+                 "curves.png", "gallery.png"):
         assert (run / name).is_file(), name
+    assert "![gallery](gallery.png)" in (run / "report.md").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["after"]["accuracy"] <= 1.0 and metrics["train"]["steps"] == 2
     # a second run never overwrites the first
     assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress",
                  f"output_dir={tmp_path}"]) == 0
-    assert (tmp_path / "quickstart-2" / "metrics.json").is_file()
+    assert (tmp_path / "smoke" / "quickstart-2" / "metrics.json").is_file()
 
 
 def test_pt_peft_stages_smoke(tmp_path):
@@ -56,7 +58,7 @@ def test_pt_peft_stages_smoke(tmp_path):
     code = main(["train", str(ROOT / "configs" / "pt_peft_tiny.yaml"), "--smoke", "--no-progress",
                  f"output_dir={tmp_path}", "eval.before=false"])
     assert code == 0
-    run = tmp_path / "pt-peft-tiny"
+    run = tmp_path / "smoke" / "pt-peft-tiny"
     metrics = json.loads((run / "metrics.json").read_text())
     assert [s["methods"] for s in metrics["stages"]] == [["prefix"], ["prefix", "lora"]]
     first, second = (s["parameters"]["trainable"] for s in metrics["stages"])

@@ -62,20 +62,34 @@ def test_eval_predict_report_commands(exported, tmp_path, capsys):
     config = _localized("vqa.yaml", exported, tmp_path)
     args = [str(config), "--smoke", "--no-progress", *TINY, f"output_dir={tmp_path}"]
     assert main(["train", *args]) == 0
-    run_dir = tmp_path / "vqa-default"
+    run_dir = tmp_path / "smoke" / "vqa-default"
     assert main(["eval", *args, "--run", str(run_dir)]) == 0
-    evaluated = json.loads((tmp_path / "vqa-default-eval" / "metrics.json").read_text())
+    evaluated = json.loads((run_dir / "eval-vqa-default" / "metrics.json").read_text())  # inside the run
     trained = json.loads((run_dir / "metrics.json").read_text())["after"]
     # the best checkpoint (the only evaluation here: after training) reproduces the run's own numbers
     assert evaluated["accuracy"] == trained["accuracy"] and evaluated["vqa_accuracy"] == trained["vqa_accuracy"]
+    # `mmpt eval RUN`: the run's own config, no CONFIG needed; a second evaluation never overwrites the first
+    assert main(["eval", str(run_dir), "--no-progress"]) == 0
+    again = json.loads((run_dir / "eval-vqa-default-2" / "metrics.json").read_text())
+    assert again["accuracy"] == trained["accuracy"]
+    # a config that does not match the run is refused before anything loads
+    capsys.readouterr()
+    assert main(["eval", *args, "task=caption", "--run", str(run_dir)]) == 2
+    assert "was trained with 'vqa'" in capsys.readouterr().err
     image = next((exported / "images" / "test").iterdir())
     capsys.readouterr()
     assert main(["predict", str(image), "What color is the shape?", "--run", str(run_dir),
                  "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.endswith("\n")  # the answer line (a random tiny model may say anything)
     csv_path = tmp_path / "runs.csv"
-    assert main(["report", str(run_dir), "--csv", str(csv_path)]) == 0
-    assert "vqa_accuracy" in capsys.readouterr().out and csv_path.read_text().startswith("run,")
+    failed = tmp_path / "failed-run"  # a run that died after writing its config: left out, named, not fatal
+    failed.mkdir()
+    (failed / "config.yaml").write_text("task: vqa\n")
+    assert main(["report", str(run_dir), str(failed), str(tmp_path / "smoke"), "--csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    assert "vqa_accuracy" in out and csv_path.read_text().startswith("run,")
+    assert "Left out:" in out and "failed-run (no metrics.json" in out and "smoke (not a run folder)" in out
+    assert main(["report", str(failed)]) == 2
 
 
 def test_bad_data_paths_fail_clearly(tmp_path, capsys):
@@ -83,7 +97,7 @@ def test_bad_data_paths_fail_clearly(tmp_path, capsys):
     assert main(["train", str(config), "--smoke", *TINY, f"output_dir={tmp_path}",
                  f"data.train.questions={tmp_path / 'nope.json'}"]) == 2
     assert "VQAv2 questions file not found" in capsys.readouterr().err
-    assert not (tmp_path / "vqa-default").exists()  # no empty run folder left behind
+    assert not (tmp_path / "smoke" / "vqa-default").exists()  # no empty run folder left behind
 
 
 @pytest.mark.parametrize("path", sorted(p.relative_to(ROOT / "configs") for p in (ROOT / "configs").rglob("*.yaml")),

@@ -2,9 +2,12 @@
 
     mmpt train CONFIG [key=value ...] [--smoke]     train + evaluate, write runs/<name>/
     mmpt train --resume RUN_DIR                     continue an interrupted run
+    mmpt eval RUN [key=value ...]                   evaluate a run with its own config (into RUN/eval-<name>)
     mmpt eval CONFIG [key=value ...] [--run RUN]    evaluate zero-shot or with a run's methods
     mmpt predict IMAGE [PROMPT] [--run RUN]         caption an image / answer a question
     mmpt report RUN [RUN ...] [--csv FILE]          metrics of several runs as one table
+    mmpt export RUN [--format peft] [--out DIR]     a run's LoRA / prefix as PEFT adapters (+ model cards)
+    mmpt import ADAPTER --model M --out FILE        a PEFT LoRA adapter as an mmpt method file
     mmpt export-easy-vqa [OUT]                      easy-VQA in every supported data format
     mmpt pretrain-projector [--model M] [k=v ...]   LLaVA stage 1 for mmpt-tiny(-gemma3) (projector only)
     mmpt models                                     list registered models
@@ -89,13 +92,6 @@ def _cmd_pretrain_projector(args: argparse.Namespace) -> int:
         raise ConfigError("--install with --smoke would replace the shipped projector with a 2-step one; drop one")
     path = args.config or CONFIG_DIR / "pretrain_projector.yaml"
     overrides = [f"model.name={args.model}", *args.overrides] if args.model else list(args.overrides)
-    if args.model == "mmpt-tiny-gemma3" and not any(o.startswith("train.precision=") for o in overrides):
-        import torch
-
-        if not torch.cuda.is_available():  # CPU bf16 without native support: 670 s per step instead of 12 s
-            overrides.insert(1, "train.precision=fp32")
-            print("mmpt: training Gemma in fp32 on this CPU (bf16 is emulated, ~50x slower); override with "
-                  "train.precision=bf16")
     config = load_run_config(path, overrides)
     targets = _projector_targets()
     target = targets.get(config.model.name)
@@ -129,12 +125,35 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export_run(args: argparse.Namespace) -> int:
+    from mmpt.interop import export_peft
+
+    for folder in export_peft(args.run, args.out):
+        print(f"mmpt: wrote PEFT adapter {folder} (load with peft.PeftModel.from_pretrained; see its README.md)")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from mmpt import methods, models
+
+    out = Path(args.out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; mmpt never overwrites a method file: give another --out")
+    loaded = models.load(args.model)
+    method = methods.load(loaded, args.adapter)
+    methods.save(method, out, methods.fingerprint(loaded.model))
+    print(f"mmpt: wrote {out} ({method.config.name} for {args.model}; load with mmpt.methods.load)")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from mmpt.models import list_models
 
     for entry in list_models():
         towers = ", ".join(f"{k}({t.kind})" for k, t in entry.family.towers.items())
-        print(f"{entry.name:20s} {entry.description}\n{'':20s} towers: {towers}")
+        runnable = f"no: {entry.not_runnable}" if entry.not_runnable else "yes"
+        print(f"{entry.name:20s} {entry.description}\n{'':20s} towers: {towers}\n{'':20s} train/eval from the CLI: "
+              f"{runnable}")
     return 0
 
 
@@ -156,7 +175,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
+    from mmpt import __version__
+
     parser = argparse.ArgumentParser(prog="mmpt", description="Multimodal prompt tuning for VLMs.")
+    parser.add_argument("--version", action="version", version=f"mmpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def run_args(p: argparse.ArgumentParser, config_required: bool) -> None:
@@ -171,9 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(p, False)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/checkpoint")
     p.set_defaults(func=_cmd_train)
-    p = sub.add_parser("eval", help="evaluate a model (zero-shot, or with a run's trained methods)")
-    run_args(p, True)
-    p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present)")
+    p = sub.add_parser("eval", help="evaluate a run (mmpt eval RUN) or a config (zero-shot, or with --run)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="a run folder (evaluated with its own config) or a YAML config")
+    run_args(p, False)
+    p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present); the "
+                                                    "config must name the run's model and task")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("predict", help="caption an image or answer a question about it")
     p.add_argument("image", help="image file")
@@ -203,6 +228,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-images", type=int, default=None, help="easy-VQA test images to use (default 200)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_export)
+    p = sub.add_parser("export", help="write a run's methods as PEFT adapters (LoRA; prefix on a causal LM)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--format", choices=["peft"], default="peft")
+    p.add_argument("--out", default=None, help="output folder (default RUN/peft; never overwritten)")
+    p.set_defaults(func=_cmd_export_run)
+    p = sub.add_parser("import", help="turn a PEFT LoRA adapter folder into an mmpt method file")
+    p.add_argument("adapter", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--model", required=True, help="the base model it was trained on (registered name or folder)")
+    p.add_argument("--out", required=True, help="mmpt method file to write, e.g. lora.safetensors")
+    p.set_defaults(func=_cmd_import)
     sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
     sub.add_parser("methods", help="list tuning methods and their knobs").set_defaults(func=_cmd_methods)
     return parser

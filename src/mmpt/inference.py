@@ -57,15 +57,31 @@ def load_with_run(model: str, run_dir: str | Path | None, **kwargs: Any) -> mode
 
 
 def evaluate_config(
-    config_path: str | Path,
+    config_path: str | Path | None,
     overrides: list[str] | tuple[str, ...] = (),
     run_dir: str | Path | None = None,
     smoke_mode: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the config's model (with ``run_dir``'s methods) on its eval data; writes a fresh
-    ``<output_dir>/<name>-eval`` folder with ``metrics.json`` and ``predictions.jsonl``."""
-    config = load_run_config(config_path, overrides)
+    """Evaluate a config's model (with ``run_dir``'s methods) on its eval data.
+
+    ``config_path`` may be None (or the run folder itself) with ``run_dir``: the run's own config is used. A config
+    given with a run must name the run's model and task. Results go to a fresh folder: ``<run>/eval-<name>`` with
+    a run, else ``<output_dir>/<name>-eval``; each holds ``metrics.json`` and ``predictions.jsonl``.
+    """
+    if config_path is not None and Path(config_path).is_dir():  # `mmpt eval RUN`
+        if run_dir is not None and Path(run_dir).resolve() != Path(config_path).resolve():
+            raise ConfigError(f"two runs given: {config_path} and --run {run_dir}; give one")
+        config_path, run_dir = None, config_path
+    if config_path is None and run_dir is None:
+        raise ConfigError("mmpt eval needs a run folder (mmpt eval runs/quickstart) or a CONFIG (zero-shot)")
+    run_config = load_run_config(Path(run_dir) / "config.yaml") if run_dir is not None else None
+    if config_path is None:
+        config = load_run_config(Path(run_dir) / "config.yaml", overrides)  # type: ignore[arg-type]
+    else:
+        config = load_run_config(config_path, overrides)
+        if run_config is not None:
+            _check_matches(config, run_config, Path(config_path), Path(run_dir))  # type: ignore[arg-type]
     if smoke_mode:
         config = smoke(config)
     loaded = load_with_run(config.model.name, run_dir, **model_kwargs(config.model))
@@ -75,13 +91,25 @@ def evaluate_config(
     result = evaluate_task(config.task, loaded.model, loaded.processor, samples, config.eval, progress=progress)
     from mmpt.train import unique_run_dir
 
-    out = unique_run_dir(replace(config, name=f"{config.name}-eval"))
+    if run_dir is not None:
+        out = unique_run_dir(replace(config, output_dir=str(run_dir), name=f"eval-{config.name}"))
+    else:
+        out = unique_run_dir(replace(config, name=f"{config.name}-eval"))
     (out / "metrics.json").write_text(json.dumps({"run": str(run_dir or ""), **result.metrics}, indent=2))
     write_manifest(out, ["metrics.json"])
     with open(out / "predictions.jsonl", "w") as f:
         for row in result.rows:
             f.write(json.dumps(row, default=str) + "\n")
     return {"folder": str(out), **result.metrics}
+
+
+def _check_matches(config: Any, run_config: Any, config_path: Path, run_dir: Path) -> None:
+    """A config evaluated with a run must use the run's base model and task (its methods fit nothing else)."""
+    for key, given, trained in (("model.name", config.model.name, run_config.model.name),
+                                ("task", config.task, run_config.task)):
+        if given != trained:
+            raise ConfigError(f"{key}: {config_path} says {given!r} but {run_dir} was trained with {trained!r}; "
+                              f"evaluate with the run's own config (mmpt eval {run_dir}) or pass {key}={trained}")
 
 
 def predict_one(

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmpt.data import Sample
 from mmpt.runconfig import RunConfig
+
+log = logging.getLogger(__name__)
+
+
+def pictures(out_dir: Path, samples: Sequence[Sample]) -> list[Path]:
+    """Write the run's ``curves.png`` and ``gallery.png`` (see :mod:`mmpt.plots`). The run's results are already
+    saved when this runs, so a plotting failure is reported as a warning instead of failing the run."""
+    from mmpt.plots import write_run_pictures
+
+    try:
+        return write_run_pictures(out_dir, samples)
+    except Exception as exc:  # noqa: BLE001 - e.g. an image file moved away since evaluation
+        log.warning("could not draw the run's pictures (%s: %s); its results are saved", type(exc).__name__, exc)
+        return []
 
 
 def before_after_table(metrics: dict[str, Any]) -> str:
@@ -19,9 +36,10 @@ def before_after_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any]) -> str:
-    """Write ``report.md`` and return the before/after table."""
+def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any], images: Sequence[Path] = ()) -> str:
+    """Write ``report.md`` (with ``images``, files in ``out_dir``, shown inline) and return the before/after table."""
     table = before_after_table(metrics)
+    pictures_md = "".join(f"![{p.stem}]({p.name})\n\n" for p in images)
     p, t = metrics["parameters"], metrics["train"]
     stages = ", ".join(f"`{s['name']}` ({'+'.join(s['methods'])}, {s['steps']} steps)" for s in metrics["stages"])
     text = f"""# mmpt run `{out_dir.name}`
@@ -36,11 +54,16 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any]) -> s
 
 {table}
 
+{pictures_md}
 Files: `config.yaml` (resolved config), `metrics.json`, `<method>.safetensors` (method parameters only),
 `best/` (weights of the best evaluation), `checkpoint/` (for `mmpt train --resume`), `log.csv`,
-`tensorboard/`, `predictions_*.jsonl`.
+`tensorboard/`, `predictions_*.jsonl`, `curves.png`, `gallery.png`.
 """
     (out_dir / "report.md").write_text(text)
+    from mmpt.interop import model_card
+
+    names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
+    (out_dir / "README.md").write_text(model_card(config, "+".join(names), metrics, out_dir))
     return table
 
 
@@ -54,10 +77,19 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     from mmpt.integrity import verified_json
 
     rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
     for run_dir in run_dirs:
         path = run_dir / "metrics.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished mmpt run")
+            if not run_dir.is_dir():
+                raise FileNotFoundError(f"{run_dir} does not exist")
+            if not (run_dir / "config.yaml").is_file():
+                skipped.append(f"{run_dir} (not a run folder)")
+            elif (run_dir / "checkpoint").is_dir():
+                skipped.append(f"{run_dir} (unfinished: resume it with `mmpt train --resume {run_dir}`)")
+            else:
+                skipped.append(f"{run_dir} (no metrics.json: the run failed or was stopped before its checkpoint)")
+            continue
         m = verified_json(path, f"re-run `mmpt eval` on {run_dir} or leave it out of the report")
         if not isinstance(m, dict):
             raise ValueError(f"{path}: not the metrics mmpt writes (a JSON object); leave {run_dir} out of the report")
@@ -71,6 +103,8 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
         overall = [k for k in after if "/" not in k or (k.startswith("mme/") and k.count("/") == 1)]  # not per kind
         row.update({k: round(after[k], 4) for k in overall if isinstance(after[k], float)})
         rows.append(row)
+    if not rows:
+        raise FileNotFoundError("no finished mmpt run among: " + "; ".join(skipped))
     keys = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
@@ -87,4 +121,6 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
             writer.writeheader()
             writer.writerows([*old, *rows])
         tmp.replace(csv_path)
+    if skipped:
+        lines += ["", "Left out: " + "; ".join(skipped)]
     return "\n".join(lines)

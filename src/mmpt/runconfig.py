@@ -57,6 +57,11 @@ class ModelConfig:
     projector_checkpoint: str = ""
 
     def validate(self) -> None:
+        from mmpt.models import list_models
+
+        entry = next((e for e in list_models() if e.name == self.name), None)
+        check(entry is None or not entry.not_runnable,
+              f"name: {show(self.name)} cannot be trained or evaluated from a config: {entry and entry.not_runnable}")
         if self.projector_checkpoint:
             users = projector_checkpoint_models()
             check(self.name in users,
@@ -163,6 +168,9 @@ class TrainConfig:
     captioning; usually a second stage after ``lm``): ``scst_samples`` captions sampled per image, rewarded by
     CIDEr-D (document frequencies of the training references) minus a ``greedy`` (Rennie et al.) or ``mean``
     (of the other samples) baseline.
+
+    ``precision``: ``auto`` (bf16 where the device computes it natively, else fp32: see :mod:`mmpt.precision`),
+    ``fp32``, ``bf16`` or ``fp16`` (autocast through Accelerate).
     """
 
     epochs: int = 1
@@ -176,7 +184,7 @@ class TrainConfig:
     warmup_steps: int | None = None
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float | None = 1.0
-    precision: Literal["fp32", "bf16", "fp16"] = "bf16"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     objective: Literal["lm", "classify", "scst"] = "lm"
     scst_samples: int = 5
     scst_baseline: Literal["greedy", "mean"] = "greedy"
@@ -346,15 +354,19 @@ def parse_run_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...
 
 
 def _smoke_train(train: TrainConfig) -> TrainConfig:
-    return replace(train, epochs=1, max_steps=2, batch_size=min(train.batch_size, 4), grad_accum=1, log_every=1,
+    return replace(train, epochs=1, max_steps=2, batch_size=min(train.batch_size, 2), grad_accum=1, log_every=1,
                    warmup_steps=None, scst_samples=min(train.scst_samples, 2),
                    scst_max_new_tokens=min(train.scst_max_new_tokens, 4))
 
 
 def smoke(config: RunConfig) -> RunConfig:
-    """Shrink any config to seconds: a few samples, two steps per stage, one round, short generations."""
+    """Shrink any config to seconds: a few samples, two steps per stage, one round, short generations.
+
+    The run goes to ``<output_dir>/smoke/<name>``, so a smoke run never takes the real run's folder name.
+    """
     return replace(
         config,
+        output_dir=str(Path(config.output_dir) / "smoke"),
         data=replace(config.data, train_size=8, eval_size=4),
         train=_smoke_train(config.train),
         stages=[replace(s, train=_smoke_train(s.train)) for s in config.stages],

@@ -138,7 +138,8 @@ def predict_task(
 def evaluation(task: str, samples: Sequence[Sample], predictions: Sequence[str], config: EvalConfig) -> Evaluation:
     """Metrics and per-sample rows for ``predictions``."""
     rows = [
-        {"id": s.id, "image_id": s.image_id, "prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}
+        {"id": s.id, "image_id": s.image_id, "image": str(s.image) if isinstance(s.image, Path) else None,
+         "prompt": s.prompt, "target": s.target, "prediction": p, "kind": s.kind}
         for s, p in zip(samples, predictions, strict=True)
     ]
     return Evaluation(task_metrics(task, samples, predictions, config), rows)

@@ -49,7 +49,8 @@ from mmpt.inference import model_kwargs
 from mmpt.integrity import write_manifest
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
-from mmpt.report import write_report
+from mmpt.precision import resolve_precision
+from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, TrainConfig
 from mmpt.scst import CiderD, SCSTCollator, group_by_image, scst_loss
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
@@ -317,7 +318,7 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     precisions = {s.train.precision for s in stages}
     if len(precisions) > 1:
         raise ConfigError(f"train.precision: all stages must share one precision, got {sorted(precisions)}")
-    precision = precisions.pop()
+    precision = resolve_precision(precisions.pop())
     # several runs in one Python process (notebooks, tests) may differ in precision: start from a fresh
     # accelerator state; the process group of a distributed launch (PartialState) is kept
     AcceleratorState._reset_state()
@@ -477,7 +478,7 @@ def _train_in(
             methods.save(method, out_dir / f"{name}.safetensors", ctx.base_fingerprint)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_manifest(out_dir, [*(f"{name}.safetensors" for name in ctx.applied), "metrics.json"])
-        say(write_report(out_dir, config, metrics))
+        say(write_report(out_dir, config, metrics, pictures(out_dir, eval_samples)))
         if ctx.tensorboard is not None:
             ctx.tensorboard.close()
     accelerator.wait_for_everyone()

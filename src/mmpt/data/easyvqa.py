@@ -75,13 +75,10 @@ def load_easy_vqa(
     if unknown:
         raise ValueError(f"unknown easy-VQA question types {sorted(unknown)}; choose from {QUESTION_TYPES}")
     images = data_root() / split / "images"
-    samples = [
-        Sample(images / f"{i}.png", prompt_template.format(question=q), a, question_type(a), i)
-        for q, a, i in _questions(split)
-        if question_type(a) in question_types
-    ]
-    random.Random(seed).shuffle(samples)
-    return samples[:limit] if limit is not None else samples
+    rows = [(q, a, i) for q, a, i in _questions(split) if question_type(a) in question_types]
+    random.Random(seed).shuffle(rows)  # the same order as shuffling the samples; only the kept ones are built
+    return [Sample(images / f"{i}.png", prompt_template.format(question=q), a, question_type(a), i)
+            for q, a, i in (rows[:limit] if limit is not None else rows)]
 
 
 def easy_vqa_captions(split: Split, prompt: str = "Describe the image briefly.") -> list[Sample]:

@@ -84,11 +84,15 @@ def count_parameters(loaded: LoadedModel, trained: Method | list[Method]) -> dic
 
 
 def fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of the base model's parameter names, shapes and a sample of values."""
+    """A short hash of the base model's parameter names, shapes and a sample of values (methods applied to the
+    model, including LoRA layers swapped into it, are left out: the same base gives the same fingerprint)."""
     h = hashlib.sha256()
-    for name, p in sorted(model.state_dict().items()):
-        if name.startswith(ATTACH_PREFIX) or f".{ATTACH_PREFIX}" in name:
+    state = {}
+    for name, p in model.state_dict().items():
+        if name.startswith(ATTACH_PREFIX) or f".{ATTACH_PREFIX}" in name or ".lora_" in name:
             continue
+        state[name.replace(".base_layer.", ".")] = p  # a LoRA-wrapped linear layer: its base weights, as before
+    for name, p in sorted(state.items()):
         h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
         flat = p.detach().reshape(-1)
         if flat.numel():
@@ -113,11 +117,17 @@ def save(method: Method, path: str | Path, base_fingerprint: str = "") -> None:
 def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True) -> Method:
     """Apply the method stored at ``path`` to ``loaded`` and load its parameters.
 
+    ``path`` is an mmpt method file, or a PEFT LoRA adapter folder (see :func:`mmpt.interop.import_peft`).
+
     Refused with one line: a missing, truncated or damaged file (its checksum), non-finite weights, a file
     without mmpt metadata, and (with ``strict_fingerprint``) one trained on another base model or carrying no
     base-model fingerprint.
     """
     path = Path(path)
+    if path.is_dir() and (path / "adapter_config.json").is_file():  # a PEFT adapter folder (LoRA)
+        from mmpt.interop import import_peft
+
+        return import_peft(loaded, path)
     if not path.is_file():
         raise FileNotFoundError(f"method checkpoint {path} does not exist")
     what = "use another copy (e.g. the run's best/ or checkpoint/) or train it again"

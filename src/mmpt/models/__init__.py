@@ -24,12 +24,17 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """A registered model: how to build it, its family and a one-line description."""
+    """A registered model: how to build it, its family and a one-line description.
+
+    ``not_runnable`` is empty when ``mmpt train``/``eval``/``predict`` can use the model, else why not (e.g. a
+    random model built from a config has no tokenizer): such entries serve the Python API and the test matrix.
+    """
 
     name: str
     builder: Callable[..., tuple[nn.Module, VLMProcessor]]
     family: Family
     description: str
+    not_runnable: str = ""
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -94,6 +99,8 @@ def _register_builtin() -> None:
             lambda seed=0, _m=module, **kw: (_m.build_tiny(seed, **kw), None),
             module.FAMILY,
             f"tiny random-initialised {fam_name} (tests); real checkpoints load by path or hub id",
+            not_runnable="built from a config without a tokenizer or processor (for the method x family tests and the "
+                         f"Python API); train a real {fam_name} checkpoint by its folder or cached hub id instead",
         ))
 
 

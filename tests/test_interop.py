@@ -1,0 +1,124 @@
+"""PEFT export and import: the exported adapter gives mmpt's logits in PEFT, an imported one gives PEFT's in mmpt."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from peft import LoraConfig, PeftModel, get_peft_model
+
+from mmpt import methods
+from mmpt.config import to_dict
+from mmpt.interop import export_peft
+from mmpt.models import load
+from mmpt.runconfig import load_run_config
+
+IDS = torch.tensor([[5, 17, 99, 3, 42, 8, 61, 23]])
+
+
+def _run_folder(tmp_path: Path, method_yaml: str, setup=None) -> tuple[Path, object, object]:
+    """A finished-looking run folder of mmpt-tiny-random with one trained (here: randomized) method."""
+    config = load_run_config(None, ["model.name=mmpt-tiny-random", f"method={method_yaml}",
+                                    f"output_dir={tmp_path}", "name=exported"])
+    loaded = load("mmpt-tiny-random")
+    method = methods.apply(loaded, config.method)
+    with torch.no_grad():
+        for p in method.parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+    run_dir = tmp_path / "exported"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    methods.save(method, run_dir / f"{config.method.name}.safetensors", methods.fingerprint(loaded.model))
+    return run_dir, loaded, method
+
+
+def _lm_logits(model, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=IDS, attention_mask=torch.ones_like(IDS), **kwargs).logits
+
+
+def test_lora_export_gives_mmpt_logits_in_peft(tmp_path):
+    run_dir, loaded, _ = _run_folder(tmp_path, "{name: lora, r: 4, dropout: 0.0}")
+    loaded.model.eval()
+    mine = _lm_logits(loaded.model)
+    [folder] = export_peft(run_dir)
+    assert folder == run_dir / "peft" / "lora"
+    card = (folder / "README.md").read_text()
+    assert "base_model: mmpt-tiny-random" in card and "PeftModel.from_pretrained" in card
+    base = load("mmpt-tiny-random").model.eval()
+    plain = _lm_logits(base)
+    peft_model = PeftModel.from_pretrained(base, str(folder)).eval()
+    theirs = _lm_logits(peft_model)
+    assert (mine - plain).abs().max() > 1e-3  # the adapter matters, so agreement below means something
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=0)
+    with pytest.raises(FileExistsError, match="never overwrites"):
+        export_peft(run_dir)
+
+
+def test_prefix_export_matches_with_peft_positions(tmp_path):
+    run_dir, loaded, method = _run_folder(tmp_path, "{name: prefix, length: 3, reparam: mlp, mlp_hidden: 8}")
+    loaded.model.eval()
+    lm = loaded.model.language_model
+    shifted = torch.arange(3, 3 + IDS.shape[1])[None]
+    mine = _lm_logits(lm, position_ids=shifted)  # mmpt's prefix, real tokens at PEFT's positions
+    unshifted = _lm_logits(lm)
+    [folder] = export_peft(run_dir)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "PREFIX_TUNING" and cfg["num_virtual_tokens"] == 3
+    assert "positions" in (folder / "README.md").read_text()
+    fresh = copy.deepcopy(load("mmpt-tiny-random").model.language_model).eval()
+    theirs = _lm_logits(PeftModel.from_pretrained(fresh, str(folder)).eval())
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=0)
+    assert (theirs - unshifted).abs().max() > 1e-4  # PEFT's position shift is real: mmpt's own positions differ
+
+
+def test_methods_without_peft_equivalent_are_refused(tmp_path):
+    run_dir, _, _ = _run_folder(tmp_path, "{name: prompt, length: 2}")
+    with pytest.raises(ValueError, match="prompt: PEFT's prompt tuning"):
+        export_peft(run_dir)
+    assert not (run_dir / "peft").exists()
+
+
+def _peft_lora_folder(tmp_path: Path, **options) -> tuple[Path, torch.Tensor]:
+    base = load("mmpt-tiny-random").model.eval()
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 lora_dropout=0.0, **options))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    peft_model.eval()
+    folder = tmp_path / "adapter"
+    peft_model.save_pretrained(str(folder))
+    return folder, _lm_logits(peft_model)
+
+
+def test_peft_lora_imports_with_peft_logits(tmp_path):
+    folder, theirs = _peft_lora_folder(tmp_path)
+    loaded = load("mmpt-tiny-random")
+    plain = _lm_logits(loaded.model.eval())
+    method = methods.load(loaded, folder)
+    assert method.config.name == "lora" and method.config.targets == ["q_proj", "v_proj"]
+    mine = _lm_logits(loaded.model.eval())
+    assert (theirs - plain).abs().max() > 1e-3
+    torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=0)
+    # and as an mmpt method file, through the CLI
+    from mmpt.cli import main
+
+    assert main(["import", str(folder), "--model", "mmpt-tiny-random", "--out", str(tmp_path / "lora.safetensors")]) == 0
+    again = load("mmpt-tiny-random")
+    methods.load(again, tmp_path / "lora.safetensors")
+    torch.testing.assert_close(_lm_logits(again.model.eval()), theirs, atol=1e-5, rtol=0)
+
+
+def test_peft_import_refuses_what_it_cannot_represent(tmp_path):
+    folder, _ = _peft_lora_folder(tmp_path, use_rslora=True)
+    with pytest.raises(ValueError, match="use_rslora"):
+        methods.load(load("mmpt-tiny-random"), folder)
+    (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
+    with pytest.raises(ValueError, match="pickle"):
+        methods.load(load("mmpt-tiny-random"), folder)
