@@ -176,8 +176,10 @@ def bench_generation(base: LlamaForCausalLM, repeats: int) -> list[dict[str, Any
             for model in variants.values():
                 model.eval()
                 model.generate(**{**kw, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
-            for _ in range(repeats):
-                for name, model in variants.items():
+            names = list(variants)
+            for r in range(repeats):
+                for name in names[r % len(names):] + names[: r % len(names)]:  # rotated, as for training
+                    model = variants[name]
                     start = time.perf_counter()
                     model.generate(**kw)
                     times[name].append(time.perf_counter() - start)
