@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,49 @@ def test_smoke_runs_go_to_their_own_folder():
 
     config = load_run_config(None, ["output_dir=some/runs", "method={name: prefix}"])
     assert Path(smoke(config).output_dir) == Path("some/runs/smoke")
+
+
+def test_predict_folder_and_jsonl_in_batches(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.jpg", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "out.jsonl"
+    args = ["--model", "mmpt-tiny-random", "--max-new-tokens", "2", "--batch-size", "2", "--no-progress"]
+    assert main(["predict", str(tmp_path), "what is it?", "--out", str(out), *args]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [Path(r["image"]).name for r in rows] == ["a.png", "b.jpg", "c.png"]
+    assert all(r["prompt"] == "what is it?" and isinstance(r["prediction"], str) for r in rows)
+    assert main(["predict", str(tmp_path), "--out", str(out), *args]) == 2  # never overwritten
+    assert "never overwrites" in capsys.readouterr().err
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"image": "a.png", "prompt": "color?", "id": "q1"}) + "\n"
+                         + json.dumps({"image": "c.png"}) + "\n")
+    assert main(["predict", str(questions), "shape?", "--out", str(tmp_path / "q-out.jsonl"), *args]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "q-out.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["prompt"]) for r in rows] == [("q1", "color?"), ("2", "shape?")]
+    # the batched answers are the one-by-one answers
+    from mmpt.inference import predict_one
+
+    single = predict_one(tmp_path / "a.png", "color?", model="mmpt-tiny-random", max_new_tokens=2)
+    assert rows[0]["prediction"] == single
+
+
+def test_chat_keeps_the_conversation(tmp_path):
+    from mmpt.inference import chat
+
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "x.png")
+    seen: list[Sample] = []
+
+    def predictor(samples: list[Sample]) -> list[str]:
+        seen.extend(samples)
+        return [f"answer {len(seen)}"]
+
+    lines = iter(["hello?", f"/image {tmp_path / 'x.png'}", "what is it?", "and the color?", "/reset", "again?",
+                  "/image nope.png", "/quit", "never read"])
+    said: list[str] = []
+    chat(predictor, None, read=lambda _: next(lines), write=said.append)  # type: ignore[arg-type]
+    assert said[1] == "give an image first: /image PATH"
+    assert [s.prompt for s in seen] == ["what is it?", "and the color?", "again?"]
+    assert seen[1].context == (("what is it?", "answer 1"),) and seen[2].context == ()
+    assert said[-1] == "no such image: nope.png"

@@ -5,6 +5,8 @@
     mmpt eval RUN [key=value ...]                   evaluate a run with its own config (into RUN/eval-<name>)
     mmpt eval CONFIG [key=value ...] [--run RUN]    evaluate zero-shot or with a run's methods
     mmpt predict IMAGE [PROMPT] [--run RUN]         caption an image / answer a question
+    mmpt predict FOLDER|FILE.jsonl [PROMPT] --out F every image, batched, into a JSONL file
+    mmpt chat [IMAGE] [--run RUN]                   a conversation about an image
     mmpt report RUN [RUN ...] [--csv FILE]          metrics of several runs as one table
     mmpt export RUN [--format peft] [--out DIR]     a run's LoRA / prefix as PEFT adapters (+ model cards)
     mmpt import ADAPTER --model M --out FILE        a PEFT LoRA adapter as an mmpt method file
@@ -61,10 +63,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from mmpt.inference import predict_one
+    from mmpt.inference import predict_many, predict_one
 
-    print(predict_one(args.image, args.prompt, model=args.model, run_dir=args.run, task=args.task,
-                      max_new_tokens=args.max_new_tokens, num_beams=args.num_beams))
+    options = dict(model=args.model, run_dir=args.run, task=args.task, max_new_tokens=args.max_new_tokens,
+                   num_beams=args.num_beams)
+    if Path(args.image).is_file() and Path(args.image).suffix != ".jsonl":
+        print(predict_one(args.image, args.prompt, **options))
+        return 0
+    out = Path(args.out or (Path(args.image).with_suffix("").name + "-predictions.jsonl"))
+    predict_many(args.image, args.prompt, out, progress=not args.no_progress, batch_size=args.batch_size, **options)
+    print(f"mmpt: predictions in {out}")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from mmpt.inference import Predictor, chat
+
+    task = args.task or ("instruct" if args.run is None else None)
+    chat(Predictor(args.model, args.run, task, args.max_new_tokens, batch_size=1), args.image)
     return 0
 
 
@@ -200,8 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present); the "
                                                     "config must name the run's model and task")
     p.set_defaults(func=_cmd_eval)
-    p = sub.add_parser("predict", help="caption an image or answer a question about it")
-    p.add_argument("image", help="image file")
+    p = sub.add_parser("predict", help="answer a question about an image, or about every image of a folder/JSONL")
+    p.add_argument("image", help="an image file, a folder of images, or a .jsonl file of {image, prompt} rows")
     p.add_argument("prompt", nargs="?", default="Describe the image briefly.", help="question or instruction")
     p.add_argument("--model", default="mmpt-tiny", help="registered model, local folder or cached hub id")
     p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present)")
@@ -209,7 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the run's task, else vqa")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--num-beams", type=int, default=None, help="beam size (default: 5 for captions, else 1)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (folders and JSONL files)")
+    p.add_argument("--out", default=None, help="JSONL output for folders/JSONL (default <name>-predictions.jsonl)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_predict)
+    p = sub.add_parser("chat", help="talk about an image with a model (instruction-tuned runs: --run)")
+    p.add_argument("image", nargs="?", default=None, help="the image to talk about (or /image PATH later)")
+    p.add_argument("--model", default="mmpt-tiny", help="registered model, local folder or cached hub id")
+    p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present)")
+    p.add_argument("--task", default=None, choices=["vqa", "caption", "ve", "refexp", "instruct"],
+                   help="default: the run's task, else instruct")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.set_defaults(func=_cmd_chat)
     p = sub.add_parser("report", help="one table of the metrics of several runs")
     p.add_argument("runs", nargs="+", help="run folders (with metrics.json)")
     p.add_argument("--csv", help="also append the rows to this CSV file (e.g. results/runs.csv)")

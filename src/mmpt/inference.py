@@ -112,6 +112,37 @@ def _check_matches(config: Any, run_config: Any, config_path: Path, run_dir: Pat
                               f"evaluate with the run's own config (mmpt eval {run_dir}) or pass {key}={trained}")
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class Predictor:
+    """A model (with a run's methods) ready to answer: the run's base model, task and answer candidates.
+
+    Args:
+        model: registered model, folder or cached hub id (ignored with ``run_dir``: the run's own base is used).
+        run_dir: apply this run's trained methods (its ``best/`` when present).
+        task: default the run's task, else ``vqa``.
+    """
+
+    def __init__(self, model: str = "mmpt-tiny", run_dir: str | Path | None = None, task: str | None = None,
+                 max_new_tokens: int = 32, num_beams: int | None = None, batch_size: int = 8) -> None:
+        kwargs: dict[str, Any] = {}
+        self.eval_config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
+        if run_dir is not None:  # the run's own base model, task and answer candidates
+            run_config = load_run_config(Path(run_dir) / "config.yaml")
+            model, kwargs = run_config.model.name, model_kwargs(run_config.model)
+            task = task or run_config.task
+            self.eval_config = replace(self.eval_config, candidates=run_config.eval.candidates)
+        self.task = task or "vqa"
+        self.loaded = load_with_run(model, run_dir, **kwargs)
+
+    def __call__(self, samples: list[Sample], progress: bool = False) -> list[str]:
+        """Answers for ``samples``, batched: an answer head, ranked candidates or generation, as the run's
+        evaluation does it."""
+        return predict_task(self.task, self.loaded.model, self.loaded.processor, samples, self.eval_config,
+                            progress=progress)
+
+
 def predict_one(
     image: str | Path,
     prompt: str,
@@ -124,14 +155,82 @@ def predict_one(
     """The model's answer (or caption, box, label) for one image and prompt."""
     if not Path(image).is_file():
         raise FileNotFoundError(f"image {image} not found")
-    kwargs: dict[str, Any] = {}
-    eval_config = EvalConfig(batch_size=1, max_new_tokens=max_new_tokens, num_beams=num_beams)
-    if run_dir is not None:  # the run's own base model, task and answer candidates
-        run_config = load_run_config(Path(run_dir) / "config.yaml")
-        model, kwargs = run_config.model.name, model_kwargs(run_config.model)
-        task = task or run_config.task
-        eval_config = replace(eval_config, candidates=run_config.eval.candidates)
-    loaded = load_with_run(model, run_dir, **kwargs)
-    sample = Sample(Path(image), prompt, "")
-    # an answer head, ranked candidates or generation: as the run's evaluation does it
-    return predict_task(task or "vqa", loaded.model, loaded.processor, [sample], eval_config, progress=False)[0]
+    predictor = Predictor(model, run_dir, task, max_new_tokens, num_beams, batch_size=1)
+    return predictor([Sample(Path(image), prompt, "")])[0]
+
+
+def read_inputs(source: str | Path, prompt: str) -> list[Sample]:
+    """Samples from a folder of images (each with ``prompt``) or a JSONL file of ``{"image", "prompt"}`` rows
+    (images relative to the file; ``prompt`` is the default for rows without one)."""
+    source = Path(source)
+    if source.is_dir():
+        images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise FileNotFoundError(f"{source} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return [Sample(p, prompt, "", id=p.name) for p in images]
+    if source.suffix != ".jsonl":
+        raise ValueError(f"{source}: give an image, a folder of images or a .jsonl file of {{image, prompt}} rows")
+    samples = []
+    for n, line in enumerate(source.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            image = source.parent / row["image"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{source} line {n}: not a JSON object with an 'image' ({exc!r})") from None
+        if not image.is_file():
+            raise FileNotFoundError(f"{source} line {n}: image {image} not found")
+        samples.append(Sample(image, str(row.get("prompt", prompt)), "", id=str(row.get("id", n))))
+    return samples
+
+
+def predict_many(source: str | Path, prompt: str, out: str | Path, progress: bool = True, **predictor: Any) -> Path:
+    """Answer every image of a folder or JSONL file in batches; write ``out`` (JSONL: id, image, prompt,
+    prediction). An existing ``out`` is never overwritten."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} exists; mmpt never overwrites predictions: give another --out")
+    samples = read_inputs(source, prompt)
+    answers = Predictor(**predictor)(samples, progress=progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w") as f:
+        for sample, answer in zip(samples, answers, strict=True):
+            f.write(json.dumps({"id": sample.id, "image": str(sample.image), "prompt": sample.prompt,
+                                "prediction": answer}) + "\n")
+    tmp.replace(out)
+    return out
+
+
+def chat(predictor: Predictor, image: str | Path | None, read: Any = input, write: Any = print) -> None:
+    """An interactive conversation about an image: each question sees the earlier turns. Commands:
+    ``/image PATH`` (a new image, a new conversation), ``/reset``, ``/quit`` (or end of input)."""
+    history: list[tuple[str, str]] = []
+    current = Path(image) if image is not None else None
+    write("mmpt chat: ask about the image; /image PATH, /reset, /quit")
+    while True:
+        try:
+            line = read("> ").strip()
+        except EOFError:
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            history = []
+            continue
+        if line.startswith("/image"):
+            path = Path(line.removeprefix("/image").strip())
+            if not path.is_file():
+                write(f"no such image: {path}")
+                continue
+            current, history = path, []
+            continue
+        if current is None:
+            write("give an image first: /image PATH")
+            continue
+        answer = predictor([Sample(current, line, "", context=tuple(history))])[0]
+        history.append((line, answer))
+        write(answer)

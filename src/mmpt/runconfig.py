@@ -70,7 +70,8 @@ class ModelConfig:
                   "model.projector_checkpoint or use one of those models")
 
 
-FORMATS = ("coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl")
+FORMATS = ("coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl", "hf")
+DATASETS = ("easy-vqa", "easy-vqa-captions", "files")
 
 
 @dataclass
@@ -78,8 +79,10 @@ class SourceConfig:
     """Files of one split in a format on disk (``docs/data_formats.md`` shows each format's keys).
 
     Attributes:
-        format: ``coco-karpathy``, ``flickr30k-karpathy``, ``vqav2``, ``snli-ve``, ``refcoco``, ``llava``, ``jsonl``.
-        path: the main file (Karpathy JSON, SNLI-VE / generic JSONL, LLaVA JSON).
+        format: ``coco-karpathy``, ``flickr30k-karpathy``, ``vqav2``, ``snli-ve``, ``refcoco``, ``llava``, ``jsonl``,
+            ``hf`` (a Hugging Face dataset: :mod:`mmpt.data.formats.hf`).
+        path: the main file (Karpathy JSON, SNLI-VE / generic JSONL, LLaVA JSON), or for ``hf`` a folder saved with
+            ``save_to_disk``, a folder of data files, or a hub id in the local cache.
         images: the image folder paths in the files are relative to.
         split: Karpathy split (``train`` includes ``restval``) or RefCOCO split (``val``, ``testA``...).
         questions / annotations: VQAv2's two files (no annotations for test-dev).
@@ -87,9 +90,12 @@ class SourceConfig:
         prompt_template: how the record's text becomes the prompt (empty: the reader's default).
         limit: keep the first N samples (null: all).
         allow_pickle: RefCOCO: read a ``refs`` pickle from a trusted source (restricted unpickler); else use a ``.json``.
+        columns: ``hf``: Sample field -> column name (``image``, ``question``, ``answers``, ``caption``, ``box``,
+            ``id``); unmapped fields use their own name.
+        box_format: ``hf``: ``xyxy`` (pixels) or ``xywh`` (COCO's ``[x, y, w, h]``).
     """
 
-    format: Literal["coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl"] = "jsonl"
+    format: Literal["coco-karpathy", "flickr30k-karpathy", "vqav2", "snli-ve", "refcoco", "llava", "jsonl", "hf"] = "jsonl"
     path: str = ""
     images: str = ""
     split: str = ""
@@ -100,6 +106,8 @@ class SourceConfig:
     prompt_template: str = ""
     limit: int | None = None
     allow_pickle: bool = False
+    columns: dict[str, str] = field(default_factory=dict)
+    box_format: Literal["xyxy", "xywh"] = "xyxy"
 
     def validate(self) -> None:
         from mmpt.data.sources import OPTIONAL_KEYS, READER_KEYS
@@ -116,7 +124,9 @@ class DataConfig:
 
     Attributes:
         dataset: ``easy-vqa`` (questions), ``easy-vqa-captions`` (one caption per image, plus the captioned
-            scikit-image photos when ``include_photos``), or ``files`` (``train`` / ``eval`` below).
+            scikit-image photos when ``include_photos``), ``files`` (``train`` / ``eval`` below), or
+            ``hf:<name or folder>`` (a Hugging Face dataset with the default column names: its ``train`` split, and
+            ``validation``, ``val`` or ``test`` for evaluation; VQA prompts use ``prompt_template``).
         train / eval: the files to read when ``dataset: files`` (see :class:`SourceConfig`).
         on_error: ``raise`` stops at the first malformed record or missing image (naming file and record);
             ``skip`` leaves such records out and reports how many.
@@ -126,7 +136,7 @@ class DataConfig:
         prompt_template: turns an easy-VQA question into the prompt; ``{question}`` is replaced.
     """
 
-    dataset: Literal["easy-vqa", "easy-vqa-captions", "files"] = "easy-vqa"
+    dataset: str = "easy-vqa"
     train: SourceConfig | None = None
     eval: SourceConfig | None = None
     on_error: Literal["raise", "skip"] = "raise"
@@ -138,6 +148,8 @@ class DataConfig:
     include_photos: bool = True
 
     def validate(self) -> None:
+        check(self.dataset in DATASETS or (self.dataset.startswith("hf:") and len(self.dataset) > 3),
+              f"dataset: must be one of {', '.join(DATASETS)} or hf:<name or folder>, got {show(self.dataset)}")
         check_range(self, "train_size", 1, MAX_SAMPLES)
         check_range(self, "eval_size", 0, MAX_SAMPLES)
         for split in ("train", "eval"):
@@ -169,6 +181,9 @@ class TrainConfig:
     CIDEr-D (document frequencies of the training references) minus a ``greedy`` (Rennie et al.) or ``mean``
     (of the other samples) baseline.
 
+    ``report_to``: trackers of the run (the top-level ``train`` section's): ``tensorboard``, ``wandb``, ``mlflow``,
+    ``csv`` (``log.csv`` is always written); one step axis, optimizer steps over the whole run (:mod:`mmpt.tracking`).
+
     ``precision``: ``auto`` (bf16 where the device computes it natively, else fp32: see :mod:`mmpt.precision`),
     ``fp32``, ``bf16`` or ``fp16`` (autocast through Accelerate).
     """
@@ -193,8 +208,16 @@ class TrainConfig:
     log_every: int = 10
     eval_every: int | None = None
     save_every: int | None = None
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
 
     def validate(self) -> None:
+        from mmpt.tracking import TRACKERS, missing_packages
+
+        unknown = [n for n in self.report_to if n not in TRACKERS]
+        check(not unknown, f"report_to: unknown tracker(s) {unknown}; choose from {', '.join(TRACKERS)}")
+        missing = missing_packages(self.report_to)
+        check(not missing, f"report_to: {', '.join(missing)} is not installed; pip install {' '.join(missing)} or "
+                           "leave it out of train.report_to")
         check_range(self, "epochs", 1, 10**6)
         check_range(self, "max_steps", 1, MAX_STEPS)
         check_range(self, "batch_size", 1, MAX_BATCH)

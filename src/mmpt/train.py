@@ -54,6 +54,7 @@ from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, TrainConfig
 from mmpt.scst import CiderD, SCSTCollator, group_by_image, scst_loss
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
+from mmpt.tracking import Trackers
 
 log = logging.getLogger("mmpt")
 
@@ -235,16 +236,6 @@ def has_accelerator() -> bool:
     return torch.cuda.is_available() or torch.backends.mps.is_available() or bool(xpu and xpu.is_available())
 
 
-def tensorboard_writer(folder: Path) -> Any:
-    """A TensorBoard ``SummaryWriter`` for ``folder``, or None (with a warning) when tensorboard is missing."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.warning("tensorboard is not installed: logging to log.csv only (pip install tensorboard)")
-        return None
-    return SummaryWriter(str(folder))
-
-
 @dataclass
 class Run:
     """Everything the stages of one run share."""
@@ -258,12 +249,17 @@ class Run:
     state: TrainState
     progress: bool
     applied: dict[str, methods.Method] = field(default_factory=dict)
-    tensorboard: Any = None
+    trackers: Trackers | None = None
     resume_dir: Path | None = None  # the checkpoint folder a resume continues from
 
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps over the whole run: the finished stages' plus the current stage's."""
+        return sum(s["steps"] for s in self.state.metrics.get("stages", [])) + self.state.step
 
     def evaluate(self, tag: str) -> dict[str, float]:
         """Evaluate, write ``predictions_<tag>.jsonl``, log to TensorBoard, keep ``best/`` up to date."""
@@ -287,9 +283,8 @@ class Run:
             with open(fresh_file(self.out_dir / f"predictions_{tag}.jsonl"), "w") as f:
                 for row in result.rows:
                     f.write(json.dumps(row, default=str) + "\n")
-            if self.tensorboard is not None:
-                for k, v in result.metrics.items():
-                    self.tensorboard.add_scalar(f"eval/{k}", v, self.state.seen)
+            if self.trackers is not None:
+                self.trackers.log({f"eval/{k}": v for k, v in result.metrics.items() if k != "n"}, self.global_step)
             better = metric in result.metrics and (self.state.best_score is None or score > self.state.best_score)
             if tag != "before" and self.applied and better:
                 save_methods(self.out_dir / "best", self.applied, self.base_fingerprint,
@@ -425,7 +420,7 @@ def _train_in(
         if best is not None and (state.best_score is None or best["score"] > state.best_score):
             state.best_score, state.best_step = best["score"], best["tag"]
     ctx = Run(config, accelerator, loaded, out_dir, eval_samples, methods.fingerprint(loaded.model), state,
-              progress, tensorboard=tensorboard_writer(out_dir / "tensorboard") if main else None,
+              progress, trackers=Trackers(config.train.report_to, out_dir, config.name, to_dict(config)) if main else None,
               resume_dir=resume_dir)
     metrics = state.metrics
     if config.eval.before and eval_samples and "before" not in metrics:
@@ -479,8 +474,8 @@ def _train_in(
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_manifest(out_dir, [*(f"{name}.safetensors" for name in ctx.applied), "metrics.json"])
         say(write_report(out_dir, config, metrics, pictures(out_dir, eval_samples)))
-        if ctx.tensorboard is not None:
-            ctx.tensorboard.close()
+        if ctx.trackers is not None:
+            ctx.trackers.close()
     accelerator.wait_for_everyone()
     metrics["run_dir"] = str(out_dir)
     return metrics
@@ -567,11 +562,9 @@ def train_stage(
                     writer.writerow({"stage": stage.name, "step": state.step, "loss": running, "lr": lr,
                                      "samples_per_s": rate})
                     log_file.flush()  # `tail -f log.csv` follows a running job
-                    if ctx.tensorboard is not None:
-                        ctx.tensorboard.add_scalar(f"train/{stage.name}/loss", running, state.seen)
-                        ctx.tensorboard.add_scalar(f"train/{stage.name}/lr", lr, state.seen)
-                        for key, value in extra.items():  # e.g. SCST reward / baseline / sample length
-                            ctx.tensorboard.add_scalar(f"train/{stage.name}/{key}", value, state.seen)
+                    if ctx.trackers is not None:  # e.g. SCST reward / baseline / sample length in extra
+                        ctx.trackers.log({f"train/{stage.name}/{k}": v for k, v in
+                                          {"loss": running, "lr": lr, **extra}.items()}, ctx.global_step)
                 if tc.eval_every and state.step % tc.eval_every == 0 and state.step < total and ctx.eval_samples:
                     state.metrics.setdefault("evals", []).append(
                         {"stage": stage.name, "step": state.step, **ctx.evaluate(f"s{index + 1}-step{state.step}")})

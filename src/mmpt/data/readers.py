@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 from mmpt.data.formats.common import MAX_PROBLEMS, OnError, ReadResult
 from mmpt.data.formats.conversations import read_jsonl, read_llava
+from mmpt.data.formats.hf import read_hf
 from mmpt.data.formats.karpathy import read_coco_karpathy
 from mmpt.data.formats.refcoco import read_refcoco
 from mmpt.data.formats.vqa import SNLI_VE_ANSWERS, read_snli_ve, read_vqav2
@@ -38,6 +39,7 @@ READERS: dict[str, Callable[..., ReadResult]] = {
     "refcoco": read_refcoco,
     "llava": read_llava,
     "jsonl": read_jsonl,
+    "hf": read_hf,
 }
 """Format name (a config's ``format``) -> reader."""
 

@@ -21,8 +21,9 @@ READER_KEYS = {
     "coco-karpathy": ("path", "images", "split"), "flickr30k-karpathy": ("path", "images", "split"),
     "vqav2": ("questions", "annotations", "images"), "snli-ve": ("path", "images"),
     "refcoco": ("refs", "instances", "images", "split"), "llava": ("path", "images"), "jsonl": ("path", "images"),
+    "hf": ("path", "split"),
 }
-OPTIONAL_KEYS = {("vqav2", "annotations"), ("jsonl", "images")}  # test-dev has no answers; JSONL paths may be absolute
+OPTIONAL_KEYS = {("vqav2", "annotations"), ("jsonl", "images"), ("hf", "split")}  # test-dev has no answers; JSONL paths may be absolute
 _TEMPLATE_ARG = {"coco-karpathy": "prompt", "flickr30k-karpathy": "prompt", "vqav2": "prompt_template",
                  "snli-ve": "prompt_template", "refcoco": "prompt_template"}
 
@@ -36,6 +37,9 @@ def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
         kwargs["images"] = "."
     if source.format == "refcoco":
         kwargs["allow_pickle"] = bool(getattr(source, "allow_pickle", False))
+    if source.format == "hf":
+        kwargs.update(columns=dict(source.columns), box_format=source.box_format, split=source.split or "",
+                      prompt_template=source.prompt_template or "{question}")
     result = READERS[source.format](**kwargs, on_error=on_error, limit=source.limit)
     if result.skipped:
         shown = "\n  ".join(result.problems[:3])
@@ -44,13 +48,36 @@ def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
     return result.samples
 
 
+def _hf_splits(data: DataConfig, name: str) -> tuple[list[Sample], list[Sample]]:
+    """``data.dataset: hf:<name>``: the ``train`` split and the first of ``validation``/``val``/``test``."""
+    from mmpt.data.formats.common import DataError
+    from mmpt.data.formats.hf import load_split, read_hf
+
+    def read(split: str) -> list[Sample]:
+        return read_hf(name, split, prompt_template=data.prompt_template, on_error=data.on_error).samples
+
+    evals: list[Sample] = []
+    for split in ("validation", "val", "test"):
+        try:
+            load_split(name, split)
+        except DataError as exc:
+            if "has no split" in str(exc):
+                continue
+            raise
+        evals = read(split)
+        break
+    return read("train"), evals
+
+
 def build_data(data: DataConfig, seed: int) -> tuple[list[Sample], list[Sample]]:
     """(train, eval) samples. ``train_size`` / ``eval_size`` keep that many after a seeded shuffle."""
     if data.dataset == "easy-vqa":
         train = load_easy_vqa("train", data.question_types, data.train_size, seed, data.prompt_template)
         evals = load_easy_vqa("test", data.eval_question_types, data.eval_size, seed, data.prompt_template)
         return train, evals
-    if data.dataset == "easy-vqa-captions":
+    if data.dataset.startswith("hf:"):
+        train, evals = _hf_splits(data, data.dataset[3:])
+    elif data.dataset == "easy-vqa-captions":
         train = easy_vqa_captions("train") + (skimage_captions() if data.include_photos else [])
         evals = easy_vqa_captions("test")
     else:

@@ -1,0 +1,85 @@
+"""Hugging Face datasets as data: `data.dataset: hf:<folder>` and the `hf` source format with a column mapping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+datasets = pytest.importorskip("datasets")
+
+from mmpt.data.formats.common import DataError  # noqa: E402
+from mmpt.data.formats.hf import read_hf  # noqa: E402
+from mmpt.data.sources import build_data  # noqa: E402
+from mmpt.runconfig import load_run_config  # noqa: E402
+
+
+def _images(n: int, seed: int) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def vqa_folder(tmp_path_factory) -> str:
+    def split(n: int, seed: int) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({
+            "image": _images(n, seed),
+            "question": [f"what is {i}?" for i in range(n)],
+            "answers": [[{"answer": "yes"}, {"answer": "no"}, {"answer": "yes"}] for _ in range(n)],
+            "question_id": list(range(100 * seed, 100 * seed + n)),
+        }).cast_column("image", datasets.Image())
+
+    folder = tmp_path_factory.mktemp("hf") / "vqa"
+    datasets.DatasetDict({"train": split(6, 1), "validation": split(3, 2)}).save_to_disk(str(folder))
+    return str(folder)
+
+
+def test_vqa_columns_become_samples(vqa_folder):
+    samples = read_hf(vqa_folder, "train", columns={"id": "question_id"}, prompt_template="Q: {question}").samples
+    assert len(samples) == 6
+    first = samples[0]
+    assert first.prompt == "Q: what is 0?" and first.target == "yes" and first.answers == ("yes", "no", "yes")
+    assert first.id == "100" and isinstance(first.image, np.ndarray) and first.image.shape == (24, 32, 3)
+    assert read_hf(vqa_folder, "train", limit=2).samples[1].id == "1"  # limit; the row number when no id column
+    with pytest.raises(DataError, match="no split 'test'; its splits: train, validation"):
+        read_hf(vqa_folder, "test")
+    with pytest.raises(DataError, match="neither a question nor a caption column"):
+        read_hf(vqa_folder, "train", columns={"question": "prompt"})
+
+
+def test_hf_shorthand_trains(vqa_folder, tmp_path):
+    from mmpt.train import run
+
+    config = load_run_config(None, [f"data.dataset=hf:{vqa_folder}", "model.name=mmpt-tiny-random",
+                                    "train.precision=fp32", "train.max_steps=1", "train.batch_size=2",
+                                    "eval.max_new_tokens=2", "eval.before=false", f"output_dir={tmp_path}",
+                                    "method={name: prefix, length: 2}"])
+    train, evals = build_data(config.data, config.seed)
+    assert (len(train), len(evals)) == (6, 3)  # train + validation
+    assert train[0].prompt.endswith("Answer with one word.")  # the data section's prompt template
+    metrics = run(config, progress=False)
+    assert metrics["after"]["n"] == 3 and 0.0 <= metrics["after"]["accuracy"] <= 1.0
+
+
+def test_captions_and_boxes_with_a_mapping(tmp_path):
+    images = _images(2, 3)
+    ds = datasets.Dataset.from_dict({"img": images, "sentences": [["a cat", "one cat"], ["a dog"]],
+                                     "expr": ["left thing", "right thing"], "bbox": [[2, 4, 10, 8], [0, 0, 32, 24]]})
+    ds = ds.cast_column("img", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "refs"))
+    captions = read_hf(str(tmp_path / "refs"), columns={"image": "img", "caption": "sentences"}).samples
+    assert [(s.target, s.answers) for s in captions] == [("a cat", ("a cat", "one cat")), ("a dog", ("a dog",))]
+    boxes = read_hf(str(tmp_path / "refs"), columns={"image": "img", "question": "expr", "box": "bbox"},
+                    box_format="xywh").samples
+    assert boxes[0].box == (2.0, 4.0, 12.0, 12.0) and boxes[0].image_size == (32, 24)
+    assert boxes[0].prompt == "left thing" and boxes[0].target.startswith("[")
+    # the files form of a data section
+    config = load_run_config(None, ["data.dataset=files", "method={name: prefix}", "data.train={format: hf, path: "
+                                    f"{tmp_path / 'refs'}, columns: {{image: img, caption: sentences}}}}"])
+    train, _ = build_data(config.data, config.seed)
+    assert sorted(s.target for s in train) == ["a cat", "a dog"]
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path):
+    with pytest.raises(DataError, match="could not be read offline"):
+        read_hf(str(tmp_path / "nothing-here"), "train")
