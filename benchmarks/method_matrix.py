@@ -113,8 +113,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--families", default="")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     families = args.families.split(",") if args.families else sorted(FAMILY_MODULES)
     rows = []
     start = time.perf_counter()

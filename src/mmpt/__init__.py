@@ -5,7 +5,7 @@ Public entry points::
     import mmpt
     vlm = mmpt.models.load("mmpt-tiny")                 # offline default VLM
     handle = mmpt.methods.apply(vlm, PrefixConfig(length=16))
-    metrics = mmpt.train("configs/quickstart.yaml", ["train.lr=3e-3"])   # a whole run, as `mmpt train`
+    metrics = mmpt.fit("configs/quickstart.yaml", ["train.lr=3e-3"])   # a whole run, as `mmpt train`
 
 Submodules are imported on first use, so ``import mmpt`` (and ``mmpt --help``) stays fast.
 """
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mmpt import methods, models
     from mmpt.runconfig import RunConfig
 
-__all__ = ["methods", "models", "train", "__version__"]
+__all__ = ["methods", "models", "fit", "__version__"]
 __version__ = "0.1.0"
 _LAZY = ("methods", "models", "data")
 
@@ -32,13 +32,15 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'mmpt' has no attribute {name!r}")
 
 
-def train(
+def fit(
     config: str | Path | RunConfig | dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     smoke: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train and evaluate a run, exactly as ``mmpt train`` does; returns its metrics (also in ``metrics.json``).
+
+    (Called ``fit`` because ``mmpt.train`` is the training module.)
 
     Args:
         config: a YAML file, a :class:`~mmpt.runconfig.RunConfig`, a nested dict shaped like the YAML, or None for
