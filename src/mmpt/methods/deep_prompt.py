@@ -27,7 +27,7 @@ from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, regi
 from mmpt.methods.blocks import hidden_of, with_hidden
 from mmpt.methods.kv import pad_mask
 from mmpt.methods.prompt import PromptConfig, PromptMethod
-from mmpt.models.family import blocks, get_submodule, tower_width
+from mmpt.models.family import get_submodule, hooked_blocks, tower_width
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -65,7 +65,7 @@ class DeepPromptMethod(nn.Module):
         tower = loaded.family.tower(config.tower)
         if tower.kind == "cnn":
             raise ValueError(f"tower '{config.tower}' is a CNN; use visual_prompt for pixel-space prompts")
-        all_blocks = blocks(loaded.model, tower)
+        all_blocks = hooked_blocks(loaded.model, tower, "deep_prompt")
         n = len(all_blocks)
         bad = [i for i in config.layers if not -n <= i < n]
         if bad:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from mmpt.config import MAX_IMAGE_SIZE, check_range
+from mmpt.contract import ContractError
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.models.family import get_submodule
 
@@ -50,6 +51,10 @@ class VisualPromptMethod(nn.Module):
         tower = loaded.family.tower(config.tower)
         if tower.kind == "decoder":
             raise ValueError(f"tower '{config.tower}' is a language model; visual prompts need a vision tower")
+        if tower.packed:
+            raise ValueError(f"visual prompts pad an image's pixels, but the '{config.tower}' tower of "
+                             f"'{loaded.family.name}' takes its images as packed patches (no pixel frame to pad); "
+                             "use deep_prompt or prefix on that tower")
         size, width = config.image_size, config.width
         device = next(loaded.model.parameters()).device
         self.frame = nn.Parameter(torch.zeros(3, size, size, device=device))
@@ -60,6 +65,10 @@ class VisualPromptMethod(nn.Module):
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         pixels = args[0] if args else kwargs.get("pixel_values")
+        if not isinstance(pixels, torch.Tensor) or pixels.dim() < 4 or pixels.shape[-3] != 3:
+            shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise ContractError(f"visual_prompt expects the vision tower's pixel_values as (..., 3, height, width) "
+                                f"images (each tile of a tiled image gets the frame), got {shape}")
         if pixels.shape[-2:] != self.frame.shape[-2:]:
             raise ValueError(
                 f"visual_prompt was built for {tuple(self.frame.shape[-2:])} images but the tower got "

@@ -98,6 +98,19 @@ def blocks(root: nn.Module, tower: Tower) -> list[nn.Module]:
     return list(get_submodule(root, tower.layers))
 
 
+def hooked_blocks(root: nn.Module, tower: Tower, method: str) -> list[nn.Module]:
+    """The blocks of a tower for a method that hooks each block's call (``deep_prompt``, ``adapter``): refused when
+    the ``layers`` path holds containers (a ModuleList of stages, e.g. Florence-2's DaViT), which are never called,
+    so hooks on them would silently do nothing."""
+    found = blocks(root, tower)
+    containers = [i for i, b in enumerate(found) if isinstance(b, nn.ModuleList | nn.ModuleDict)]
+    if containers:
+        raise ValueError(f"{method} hooks every block of the tower at {tower.module}, but its layers "
+                         f"({tower.layers}) are {type(found[containers[0]]).__name__}s of stages that are never "
+                         "called themselves (e.g. a hierarchical windowed vision tower): it cannot apply there")
+    return found
+
+
 def attention_layers(root: nn.Module, tower: Tower, cross: bool = False) -> list[tuple[int, nn.Module]]:
     """``(block index, module)`` of the self-attention (or, with ``cross``, cross-attention) of each block that
     has one, in layer order; every block has one unless the tower is ``mixed``."""

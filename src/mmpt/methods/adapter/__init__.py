@@ -12,7 +12,7 @@ from torch import nn
 from mmpt.config import MAX_WIDTH, check_range
 from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
-from mmpt.models.family import blocks, tower_width
+from mmpt.models.family import hooked_blocks, tower_width
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -67,7 +67,7 @@ class AdapterMethod(nn.Module):
         for tower_name in loaded.family.resolve(config.towers):
             tower = loaded.family.tower(tower_name)
             dim = tower_width(loaded.model, tower)
-            for i, block in enumerate(blocks(loaded.model, tower)):
+            for i, block in enumerate(hooked_blocks(loaded.model, tower, "adapter")):
                 adapter = Bottleneck(dim, config.bottleneck).to(device)
                 self.adapters[f"{tower_name}_{i}"] = adapter
                 hook = self._parallel(adapter) if config.placement == "parallel" else self._sequential(adapter)
