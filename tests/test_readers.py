@@ -783,5 +783,6 @@ def test_registry() -> None:
         "refcoco",
         "llava",
         "jsonl",
+        "hf",
     }
     assert READERS["coco-karpathy"] is READERS["flickr30k-karpathy"] is read_coco_karpathy
