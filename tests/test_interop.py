@@ -122,3 +122,20 @@ def test_peft_import_refuses_what_it_cannot_represent(tmp_path):
     (folder / "adapter_model.safetensors").rename(folder / "adapter_model.bin")
     with pytest.raises(ValueError, match="pickle"):
         methods.load(load("mmpt-tiny-random"), folder)
+
+
+def test_push_to_hub_uploads_each_adapter(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from mmpt.interop import push_to_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)) or f"https://hf.co/{repo_id}")
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw["path_in_repo"])))
+    folders = [tmp_path / "lora", tmp_path / "prefix"]
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE=1"):  # the test session is offline
+        push_to_hub(folders, "me/adapters")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    assert push_to_hub(folders, "me/adapters") == "https://hf.co/me/adapters"
+    assert calls == [("create", "me/adapters", {"private": True, "exist_ok": True}), ("upload", "lora"),
+                     ("upload", "prefix")]

@@ -142,10 +142,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_export_run(args: argparse.Namespace) -> int:
-    from mmpt.interop import export_peft
+    from mmpt.interop import export_peft, push_to_hub
 
-    for folder in export_peft(args.run, args.out):
+    folders = export_peft(args.run, args.out)
+    for folder in folders:
         print(f"mmpt: wrote PEFT adapter {folder} (load with peft.PeftModel.from_pretrained; see its README.md)")
+    if args.push_to_hub:
+        print(f"mmpt: uploaded to {push_to_hub(folders, args.push_to_hub)}")
     return 0
 
 
@@ -259,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p.add_argument("--format", choices=["peft"], default="peft")
     p.add_argument("--out", default=None, help="output folder (default RUN/peft; never overwritten)")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None,
+                   help="also upload the adapters to this (private) Hub repo; needs network and a token")
     p.set_defaults(func=_cmd_export_run)
     p = sub.add_parser("import", help="turn a PEFT LoRA adapter folder into an mmpt method file")
     p.add_argument("adapter", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")

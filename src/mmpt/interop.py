@@ -16,6 +16,7 @@ refused with the reason. ``import_peft`` reads a PEFT LoRA adapter (safetensors 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -149,6 +150,22 @@ def export_peft(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
         written.append(folder)
         method.remove()
     return written
+
+
+def push_to_hub(folders: list[Path], repo_id: str, private: bool = True) -> str:
+    """Upload exported adapter folders to the Hub repo ``repo_id`` (one subfolder per method); needs network and
+    a Hugging Face token. Returns the repo URL. mmpt never needs this: everything else works offline."""
+    from huggingface_hub import HfApi
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ValueError("--push-to-hub needs network access, but HF_HUB_OFFLINE=1 is set; unset it on a "
+                         "connected machine (the exported folders are complete without the Hub)")
+    api = HfApi()
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    for folder in folders:
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), path_in_repo=folder.name,
+                          commit_message=f"mmpt export: {folder.name}")
+    return str(url)
 
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
