@@ -113,7 +113,7 @@ def plot_gallery(
     plt = _pyplot()
     cols = min(4, count)
     rows = math.ceil(count / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 4.3 * rows), squeeze=False)
     for ax in axes.flat[count:]:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:count]):

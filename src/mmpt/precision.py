@@ -30,7 +30,7 @@ def resolve_precision(requested: str) -> str:
     """``fp32``/``bf16``/``fp16`` for a config's ``train.precision`` (``auto`` resolved); says what it chose."""
     if requested == "auto":
         chosen = "bf16" if native_bf16() else "fp32"
-        why = "native bfloat16" if chosen == "bf16" else "no native bfloat16 on this device (emulated bf16 is ~40x slower)"
+        why = "native bfloat16" if chosen == "bf16" else "no native bfloat16 on this device; emulated it is ~40x slower"
         print(f"mmpt: train.precision auto -> {chosen} ({why})")
         return chosen
     if requested == "bf16" and not torch.cuda.is_available() and not native_bf16():
