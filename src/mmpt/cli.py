@@ -65,6 +65,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from mmpt.inference import predict_many, predict_one
 
+    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag}: must be at least 1, got {value}")
     options = dict(model=args.model, run_dir=args.run, task=args.task, max_new_tokens=args.max_new_tokens,
                    num_beams=args.num_beams)
     if Path(args.image).is_file() and Path(args.image).suffix != ".jsonl":

@@ -75,13 +75,12 @@ def evaluate_config(
         config_path, run_dir = None, config_path
     if config_path is None and run_dir is None:
         raise ConfigError("mmpt eval needs a run folder (mmpt eval runs/quickstart) or a CONFIG (zero-shot)")
-    run_config = load_run_config(Path(run_dir) / "config.yaml") if run_dir is not None else None
     if config_path is None:
         config = load_run_config(Path(run_dir) / "config.yaml", overrides)  # type: ignore[arg-type]
     else:
         config = load_run_config(config_path, overrides)
-        if run_config is not None:
-            _check_matches(config, run_config, Path(config_path), Path(run_dir))  # type: ignore[arg-type]
+        if run_dir is not None:
+            _check_matches(config, load_run_config(Path(run_dir) / "config.yaml"), Path(config_path), Path(run_dir))
     if smoke_mode:
         config = smoke(config)
     loaded = load_with_run(config.model.name, run_dir, **model_kwargs(config.model))

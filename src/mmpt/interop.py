@@ -60,12 +60,6 @@ def lora_state(loaded: LoadedModel, method: Any) -> tuple[dict[str, torch.Tensor
     return state, sorted(modules)
 
 
-def _lm_module(loaded: LoadedModel, tower_name: str) -> tuple[str, torch.nn.Module]:
-    tower = loaded.family.tower(tower_name)
-    module = loaded.model.get_submodule(tower.module)
-    return tower.module, module
-
-
 def prefix_state(loaded: LoadedModel, method: Any) -> tuple[torch.Tensor, dict[str, Any], str]:
     """PEFT's ``prompt_embeddings`` ``(length, layers * 2 * kv_width)``, its PrefixTuningConfig fields and the LM's
     module path; raises ValueError (with the reason) where PEFT's prefix tuning does not compute the same thing."""
@@ -74,12 +68,13 @@ def prefix_state(loaded: LoadedModel, method: Any) -> tuple[torch.Tensor, dict[s
     if list(method.encoders) != ["lm"] or towers != ["lm"] or config.cross_attention:
         raise ValueError("PEFT's prefix tuning prefixes one causal LM's self-attention; this prefix covers "
                          f"towers {list(method.encoders)}")
-    path, lm = _lm_module(loaded, "lm")
+    path = loaded.family.tower("lm").module
+    lm = loaded.model.get_submodule(path)
     if not hasattr(lm, "generate") or lm.get_output_embeddings() is None:
         raise ValueError(f"the language model of '{loaded.family.name}' ({type(lm).__name__}) is not a causal LM of "
                          "its own (it runs inside the VLM's forward), so a PEFT prefix cannot be loaded onto it")
     text_config = lm.config
-    if any(t in ("sliding_attention",) for t in getattr(text_config, "layer_types", None) or ()):
+    if "sliding_attention" in (getattr(text_config, "layer_types", None) or ()):
         raise ValueError("the language model has sliding-window layers: mmpt keeps prefixes visible beyond the "
                          "window, PEFT's cache lets them slide out; the semantics differ")
     method.fold()  # plain prefixes: PEFT's file holds the prompt encoder's output

@@ -51,22 +51,19 @@ def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
 def _hf_splits(data: DataConfig, name: str) -> tuple[list[Sample], list[Sample]]:
     """``data.dataset: hf:<name>``: the ``train`` split and the first of ``validation``/``val``/``test``."""
     from mmpt.data.formats.common import DataError
-    from mmpt.data.formats.hf import load_split, read_hf
+    from mmpt.data.formats.hf import read_hf
 
     def read(split: str) -> list[Sample]:
         return read_hf(name, split, prompt_template=data.prompt_template, on_error=data.on_error).samples
 
-    evals: list[Sample] = []
+    train = read("train")
     for split in ("validation", "val", "test"):
         try:
-            load_split(name, split)
+            return train, read(split)
         except DataError as exc:
-            if "has no split" in str(exc):
-                continue
-            raise
-        evals = read(split)
-        break
-    return read("train"), evals
+            if f"has no split {split!r}" not in str(exc):
+                raise
+    return train, []
 
 
 def build_data(data: DataConfig, seed: int) -> tuple[list[Sample], list[Sample]]:
