@@ -208,10 +208,11 @@ def test_cache_copy_and_reset_keep_prefix_consistent(tiny, images):
         copied = copy.deepcopy(cache)
         step = lm(inputs_embeds=embeds[:, -1:], attention_mask=batch["attention_mask"], **cache_kwargs(lm, copied))
         full = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], use_cache=False)
-        assert torch.allclose(step.logits[:, -1], full.logits[:, -1], atol=1e-5)
+        # cached and uncached paths sum in different orders: fp32 rounding, scaled to logits of size ~5
+        torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], atol=1e-4, rtol=1e-4)
         cache.reset()
         again = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], **cache_kwargs(lm, cache))
-        assert torch.allclose(again.logits, full.logits, atol=1e-5)
+        torch.testing.assert_close(again.logits, full.logits, atol=1e-4, rtol=1e-4)
 
 
 def test_refused_second_apply_leaves_no_hooks(tiny, images):
