@@ -7,7 +7,9 @@
     mmpt predict IMAGE [PROMPT] [--run RUN]         caption an image / answer a question
     mmpt predict FOLDER|FILE.jsonl [PROMPT] --out F every image, batched, into a JSONL file
     mmpt chat [IMAGE] [--run RUN]                   a conversation about an image
-    mmpt report RUN [RUN ...] [--csv FILE]          metrics of several runs as one table
+    mmpt report RUN [RUN ...] [--csv FILE]          metrics of runs, sweeps and analyses as one report
+    mmpt analyze rank|fgsm|ablate|similarity RUN... the papers' analyses (JSON + CSV + PNG + markdown)
+    mmpt sweep CONFIG key=v1,v2 [seed=0,1,2]        a grid of runs (existing ones reused)
     mmpt export RUN [--format peft] [--out DIR]     a run's LoRA / prefix as PEFT adapters (+ model cards)
     mmpt import ADAPTER --model M --out FILE        a PEFT LoRA adapter as an mmpt method file
     mmpt export-easy-vqa [OUT]                      easy-VQA in every supported data format
@@ -91,6 +93,50 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from mmpt.report import collect_runs
 
     print(collect_runs([Path(r) for r in args.runs], Path(args.csv) if args.csv else None))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from mmpt.analysis import analyze
+
+    options: dict[str, typing.Any] = {}
+    if args.analysis in ("rank", "similarity"):
+        options["tower"] = args.tower
+    if args.analysis == "rank":
+        options.update(layer=args.layer, threshold=args.threshold, truncate=args.truncate or [])
+    if args.analysis == "fgsm" and args.eps:
+        options["epsilons"] = args.eps
+    if args.analysis == "ablate":
+        options.update(candidates=args.candidates, seed=args.seed)
+    folder = analyze(args.analysis, args.runs, model=args.model, config=args.config, out=args.out,
+                     samples=args.samples, base=not args.no_base, smoke_mode=args.smoke,
+                     progress=not args.no_progress, **options)
+    print((folder / f"{args.analysis}.md").read_text())
+    print(f"mmpt: wrote {folder}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mmpt.sweep import run_sweep
+
+    folder = run_sweep(args.config, args.grid, smoke_mode=args.smoke, progress=not args.no_progress)
+    from mmpt.report import collect_runs
+
+    print(collect_runs([folder]))
     return 0
 
 
@@ -247,6 +293,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run folders (with metrics.json)")
     p.add_argument("--csv", help="also append the rows to this CSV file (e.g. results/runs.csv)")
     p.set_defaults(func=_cmd_report)
+    p = sub.add_parser("analyze", help="the papers' analyses of runs: rank, fgsm, ablate, similarity")
+    p.add_argument("analysis", choices=["rank", "fgsm", "ablate", "similarity"])
+    p.add_argument("runs", nargs="*", help="run folders (the base model is added as the reference)")
+    p.add_argument("--model", help="base model, without runs (with --config for the data)")
+    p.add_argument("--config", help="config whose eval data to read (default: the first run's)")
+    p.add_argument("--out", help="output folder (default: <output_dir>/analysis/<analysis>; never overwritten)")
+    p.add_argument("--samples", type=int, default=32, help="evaluation samples to analyze (default 32)")
+    p.add_argument("--no-base", action="store_true", help="leave the base model out")
+    p.add_argument("--tower", default="lm", help="rank/similarity: the tower whose features to read (default lm)")
+    p.add_argument("--layer", type=int, default=-1, help="rank: the block whose output to read (default -1: last)")
+    p.add_argument("--threshold", type=float, default=0.9, help="rank: cumulative share (default 0.9)")
+    p.add_argument("--truncate", type=_ints, help="rank: also the task metric with features cut to these ranks")
+    p.add_argument("--eps", type=_floats, help="fgsm: epsilons in pixel units (default 0,0.005,0.01,0.02,0.05)")
+    p.add_argument("--candidates", help="ablate: rank answers from this file, or 'answers' (the samples' answers)")
+    p.add_argument("--seed", type=int, default=0, help="ablate: seed of the noise")
+    p.add_argument("--smoke", action="store_true", help="4 samples, smallest options: seconds")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_analyze)
+    p = sub.add_parser("sweep", help="a grid of runs over config values and seeds (existing runs reused)")
+    p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    p.add_argument("grid", nargs="+", help="key=v1,v2,... (one value: a plain override), e.g. method.length=8,16 seed=0,1")
+    p.add_argument("--smoke", action="store_true", help="shrink every run to seconds")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=_cmd_sweep)
     p = sub.add_parser("pretrain-projector", help="pretrain mmpt-tiny's projector on captions (LLaVA stage 1)")
     p.add_argument("--config", default=None, help="defaults to configs/pretrain_projector.yaml")
     p.add_argument("--model", default=None, choices=["mmpt-tiny", "mmpt-tiny-gemma3"],

@@ -32,13 +32,13 @@ def normalize(text: str) -> str:
     return " ".join(_PUNCT.sub(" ", text.lower()).split())
 
 
-def open_image(image: Any, sample: Sample | None = None) -> Image.Image | np.ndarray:
+def open_image(image: Any, sample: Sample | None = None) -> Image.Image | np.ndarray | torch.Tensor:
     """A sample's image: a path is opened as RGB (8 bits a channel; 16-bit and float images are scaled, not
-    clipped: :func:`~mmpt.data.images.to_rgb`), an array is passed through.
+    clipped: :func:`~mmpt.data.images.to_rgb`), an array or an already-transformed pixel tensor is passed through.
 
     An unreadable file raises :class:`~mmpt.data.DataError` naming the file and the sample's record id.
     """
-    if isinstance(image, np.ndarray):
+    if isinstance(image, np.ndarray | torch.Tensor):
         return image
     try:
         return load_rgb(image)

@@ -120,6 +120,13 @@ def rank_candidates(
     return [candidates[i] for i in scores.argmax(-1).tolist()]
 
 
+def top_k(scores: torch.Tensor, candidates: Sequence[str], k: int = 5) -> list[list[str]]:
+    """The ``k`` most likely candidates of each sample, best first, from :func:`candidate_scores`' matrix."""
+    if not 1 <= k <= len(candidates):
+        raise ValueError(f"top-k needs 1 <= k <= {len(candidates)} candidates, got k={k}")
+    return [[candidates[i] for i in row] for row in scores.topk(k, dim=-1).indices.tolist()]
+
+
 def _prompt_batch(processor: Any, sample: Sample, device: torch.device) -> dict[str, torch.Tensor]:
     contexts = [sample.context] if sample.context else None
     batch = processor([open_image(sample.image, sample)], [sample.prompt], None, contexts)

@@ -1,0 +1,120 @@
+"""``mmpt analyze similarity``: what learned prefixes resemble (PT-PEFT Fig. 7).
+
+Per layer with a prefix, the cosine similarity between each learned prefix key and the keys of the sample's image
+tokens and of its word (text) tokens. Keys are compared as the layer's key projection gives them (all key/value
+heads together), before any rotary position embedding: prefix keys carry no position either. The table holds,
+per layer, the mean and the max similarity to image tokens and to word tokens (over prefix positions, tokens and
+samples); the heatmaps show the mean per (layer, prefix position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmpt.analysis.common import Result, Subject, batches, token_masks
+from mmpt.data import Sample
+from mmpt.methods.kv import projections
+
+
+def prefix_keys(method: Any, tower: str) -> tuple[torch.Tensor, list[nn.Module]]:
+    """The prefix keys of ``tower`` as ``(layers, length, kv_heads * head_dim)`` and the attention modules (one per
+    layer) that read them."""
+    encoders = getattr(method, "encoders", None)
+    if encoders is None or tower not in encoders:
+        have = ", ".join(encoders) if encoders is not None else "none"
+        raise ValueError(f"no prefix on tower '{tower}' (prefixes on: {have})")
+    index = list(encoders).index(tower)
+    with torch.no_grad():
+        value = encoders[tower]().float()  # (layers, 2, heads, length, head_dim)
+    keys = value[:, 0].permute(0, 2, 1, 3).flatten(2)  # (layers, length, heads * head_dim)
+    return keys, method.injections[index].modules
+
+
+@contextmanager
+def captured_keys(modules: Sequence[nn.Module]) -> Iterator[list[list[torch.Tensor]]]:
+    """The key projection's output of each module, per call: ``captured[layer]`` is a list of (B, T, kv width)."""
+    captured: list[list[torch.Tensor]] = [[] for _ in modules]
+    handles = []
+    for i, module in enumerate(modules):
+        k_proj, _ = projections(module)
+        handles.append(k_proj.register_forward_hook(lambda m, a, out, i=i: captured[i].append(out.detach().float())))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def key_similarity(prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of every prefix key ``(P, D)`` with every token key ``(T, D)``: ``(P, T)``."""
+    return torch.nn.functional.normalize(prefix, dim=-1) @ torch.nn.functional.normalize(tokens, dim=-1).T
+
+
+def analyze_similarity(subjects: Sequence[Subject], samples: Sequence[Sample], tower: str = "lm",
+                       batch_size: int = 8, progress: bool = True) -> Result:
+    """Prefix-key similarities of every subject with a ``prefix`` method on ``tower``."""
+    rows: list[dict[str, Any]] = []
+    maps: dict[str, dict[str, list[list[float]]]] = {}
+    for subject in subjects:
+        method = subject.methods.get("prefix")
+        if method is None:
+            continue
+        name = subject.loaded.family.resolve([tower])[0]
+        keys, modules = prefix_keys(method, name)
+        sums = {k: torch.zeros(keys.shape[:2], dtype=torch.float64) for k in ("image", "text")}
+        counts = {"image": 0, "text": 0}
+        peak = {k: torch.full((keys.shape[0],), -1.0, dtype=torch.float64) for k in ("image", "text")}
+        bar = tqdm(total=len(samples), desc=f"similarity {subject.label}", unit="sample", disable=not progress,
+                   leave=False)
+        for chunk, batch in batches(subject, samples, batch_size):
+            image, text = token_masks(subject.loaded.model, batch)
+            with torch.no_grad(), captured_keys(modules) as captured:
+                subject.loaded.model(**batch, use_cache=False)
+            for layer, calls in enumerate(captured):
+                token_keys = calls[0][:, -image.shape[1]:]  # positions added by prompt methods come first
+                for i in range(len(chunk)):
+                    for kind, mask in (("image", image[i]), ("text", text[i])):
+                        sim = key_similarity(keys[layer], token_keys[i][mask]).double()
+                        sums[kind][layer] += sim.sum(-1)
+                        peak[kind][layer] = max(peak[kind][layer], sim.max())
+                        if layer == 0:
+                            counts[kind] += int(mask.sum())
+            bar.update(len(chunk))
+        bar.close()
+        means = {k: sums[k] / max(counts[k], 1) for k in sums}  # (layers, length)
+        maps[subject.label] = {k: v.tolist() for k, v in means.items()}
+        for layer in range(keys.shape[0]):
+            rows.append({"subject": subject.label, "layer": layer,
+                         "image_mean": float(means["image"][layer].mean()), "image_max": float(peak["image"][layer]),
+                         "text_mean": float(means["text"][layer].mean()), "text_max": float(peak["text"][layer])})
+    if not rows:
+        raise ValueError("none of the runs has a prefix method: similarity compares learned prefix keys")
+    notes = ["Keys: the layer's key projection output (all key/value heads), before rotary position embeddings.",
+             "mean: over prefix positions, tokens of that kind and samples; max: the largest single similarity."]
+    return Result("similarity", rows, {"heatmaps": maps},
+                  {"similarity.png": lambda path: _plot(maps, path)}, notes,
+                  {"tower": tower, "samples": len(samples)})
+
+
+def _plot(maps: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(maps), 2, figsize=(9, 3.5 * len(maps)), squeeze=False)
+    for row, (label, by_kind) in zip(axes, maps.items(), strict=True):
+        for ax, kind in zip(row, ("image", "text"), strict=True):
+            shown = ax.imshow(by_kind[kind], aspect="auto", cmap="coolwarm", vmin=-1, vmax=1)
+            ax.set(title=f"{label}: prefix keys vs {kind} tokens", xlabel="prefix position", ylabel="layer")
+            fig.colorbar(shown, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
