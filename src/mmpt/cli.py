@@ -90,9 +90,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from mmpt.report import collect_runs
+    from mmpt.report import full_report
 
-    print(collect_runs([Path(r) for r in args.runs], Path(args.csv) if args.csv else None))
+    print(full_report([Path(r) for r in args.runs], Path(args.csv) if args.csv else None,
+                      Path(args.out) if args.out else None))
     return 0
 
 
@@ -134,9 +135,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from mmpt.sweep import run_sweep
 
     folder = run_sweep(args.config, args.grid, smoke_mode=args.smoke, progress=not args.no_progress)
-    from mmpt.report import collect_runs
+    from mmpt.report import sweep_section
 
-    print(collect_runs([folder]))
+    print(sweep_section(folder))
     return 0
 
 
@@ -289,9 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: the run's task, else instruct")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.set_defaults(func=_cmd_chat)
-    p = sub.add_parser("report", help="one table of the metrics of several runs")
-    p.add_argument("runs", nargs="+", help="run folders (with metrics.json)")
-    p.add_argument("--csv", help="also append the rows to this CSV file (e.g. results/runs.csv)")
+    p = sub.add_parser("report", help="one markdown report of runs, sweeps and analyses")
+    p.add_argument("runs", nargs="+", help="run folders, sweep folders (sweep.json), analysis folders")
+    p.add_argument("--csv", help="also append the runs' rows to this CSV file (e.g. results/runs.csv)")
+    p.add_argument("--out", help="also write the report to this markdown file (never overwritten)")
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("analyze", help="the papers' analyses of runs: rank, fgsm, ablate, similarity")
     p.add_argument("analysis", choices=["rank", "fgsm", "ablate", "similarity"])

@@ -14,7 +14,8 @@ from mmpt.config import ConfigError
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
 from mmpt.integrity import write_manifest
-from mmpt.runconfig import EvalConfig, ModelConfig, load_run_config, smoke
+from mmpt.paths import unique_run_dir
+from mmpt.runconfig import EvalConfig, load_run_config, model_kwargs, smoke
 from mmpt.tasks import evaluate_task, predict_task
 
 
@@ -35,14 +36,6 @@ def run_methods(run_dir: str | Path) -> list[Path]:
         raise FileNotFoundError(f"{run_dir} lacks {', '.join(n + '.safetensors' for n in missing)}: the run did not "
                                 "finish (resume it with mmpt train --resume)")
     return [run_dir / f"{n}.safetensors" for n in names]
-
-
-def model_kwargs(model: ModelConfig) -> dict[str, Any]:
-    """Keyword arguments for :func:`mmpt.models.load` from a config's ``model`` section."""
-    kwargs: dict[str, Any] = {"attn_implementation": model.attn_implementation}
-    if model.projector_checkpoint:
-        kwargs["projector_checkpoint"] = model.projector_checkpoint
-    return kwargs
 
 
 def load_with_run(model: str, run_dir: str | Path | None, **kwargs: Any) -> models.LoadedModel:
@@ -88,8 +81,6 @@ def evaluate_config(
     if not samples:
         raise ConfigError("data: no evaluation samples (give data.eval, or eval_size > 0)")
     result = evaluate_task(config.task, loaded.model, loaded.processor, samples, config.eval, progress=progress)
-    from mmpt.train import unique_run_dir
-
     if run_dir is not None:
         out = unique_run_dir(replace(config, output_dir=str(run_dir), name=f"eval-{config.name}"))
     else:

@@ -49,6 +49,7 @@ def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any], imag
 - data: `{config.data.dataset}`, {t['samples']} training samples seen, evaluated on
   {metrics.get('after', metrics.get('before', {})).get('n', 0)} samples
 - training: {t['steps']} steps in {t['seconds']} s ({t['samples_per_s']:.2f} samples/s), final loss {t['final_loss']:.4f}
+- cost: {_cost_line(metrics.get('cost', {}))}
 
 ## Metrics (task `{config.task}`; best checkpoint: `{metrics.get('best', {}).get('tag', '')}`)
 
@@ -65,6 +66,20 @@ Files: `config.yaml` (resolved config), `metrics.json`, `<method>.safetensors` (
     names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
     (out_dir / "README.md").write_text(model_card(config, "+".join(names), metrics, out_dir))
     return table
+
+
+def _cost_line(cost: dict[str, Any]) -> str:
+    if not cost:
+        return "not recorded"
+    parts = [f"wall time {cost['wall_seconds']} s"]
+    if cost.get("seconds_per_100_samples") is not None:
+        parts.append(f"{cost['seconds_per_100_samples']} s per 100 training samples")
+    parts.append(f"peak memory {cost['peak_rss_mib']} MiB RSS")
+    if "peak_gpu_mib" in cost:
+        parts.append(f"{cost['peak_gpu_mib']} MiB allocated on the GPU")
+    if "gpu_hours" in cost:
+        parts.append(f"{cost['gpu_hours']} GPU-hours")
+    return ", ".join(parts)
 
 
 def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
@@ -100,6 +115,9 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
                                "stages": "+".join(s["name"] for s in m.get("stages", [])),
                                "train_samples": m.get("train", {}).get("samples", "")}
         row["trainable"] = m.get("parameters", {}).get("trainable", "")
+        cost = m.get("cost", {})
+        row["wall_s"] = cost.get("wall_seconds", "")
+        row["peak_rss_mib"] = cost.get("peak_rss_mib", "")
         overall = [k for k in after if "/" not in k or (k.startswith("mme/") and k.count("/") == 1)]  # not per kind
         row.update({k: round(after[k], 4) for k in overall if isinstance(after[k], float)})
         rows.append(row)
@@ -124,3 +142,67 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     if skipped:
         lines += ["", "Left out: " + "; ".join(skipped)]
     return "\n".join(lines)
+
+
+def _relative(path: Path, out: Path | None) -> str:
+    import os
+
+    return os.path.relpath(path, out.parent) if out is not None else str(path)
+
+
+def sweep_section(folder: Path, out: Path | None = None) -> str:
+    """A sweep's mean ± std table over seeds (also written as ``sweep.csv``), its plot (``sweep.png``) and the
+    table of its runs."""
+    import csv
+
+    from mmpt.sweep import plot_sweep, summarize
+
+    rows, metric = summarize(folder)
+    with open(folder / "sweep.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    keys = list(rows[0])
+    lines = [f"## Sweep `{folder.name}`: {metric}, mean ± std over seeds", "",
+             "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    for r in rows:
+        lines.append("| " + " | ".join("-" if r[k] is None else f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
+                                       for k in keys) + " |")
+    plotted = any(r["mean"] is not None for r in rows) and len(keys) > 4
+    if plotted:
+        plot_sweep(rows, metric, folder / "sweep.png")
+        lines += ["", f"![sweep]({_relative(folder / 'sweep.png', out)})"]
+    finished = sorted(p.parent for p in folder.glob("*/metrics.json"))
+    if finished:
+        lines += ["", "Runs:", "", collect_runs(finished)]
+    return "\n".join(lines)
+
+
+def analysis_section(folder: Path, out: Path | None = None) -> str:
+    """An analysis folder's markdown section, its images linked relative to the report."""
+    import json
+    import re
+
+    name = json.loads((folder / "analysis.json").read_text())["analysis"]
+    text = (folder / f"{name}.md").read_text()
+    return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"![{m[1]}]({_relative(folder / m[2], out)})", text)
+
+
+def full_report(paths: Sequence[Path], csv_path: Path | None = None, out: Path | None = None) -> str:
+    """One markdown report of run folders (a metrics table), sweep folders and analysis folders. With ``out``
+    it is also written there (a fresh file: an existing report is never overwritten)."""
+    from mmpt.paths import fresh_file
+
+    runs = [p for p in paths if not (p / "sweep.json").is_file() and not (p / "analysis.json").is_file()]
+    parts = ["# mmpt report"]
+    if runs:
+        parts.append("## Runs\n\n" + collect_runs(runs, csv_path))
+    parts += [sweep_section(p, out) for p in paths if (p / "sweep.json").is_file()]
+    parts += [analysis_section(p, out) for p in paths if (p / "analysis.json").is_file()]
+    text = "\n\n".join(parts) + "\n"
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        target = fresh_file(out)
+        target.write_text(text)
+        text += f"\n(written to {target})\n"
+    return text

@@ -21,6 +21,7 @@ from mmpt.config import (
     read_yaml,
     show,
 )
+from mmpt.data.keys import OPTIONAL_KEYS, READER_KEYS
 from mmpt.methods import MethodConfig, PrefixConfig
 
 # A run name is one folder name: these characters only, at most 100 of them, not starting with '.' or '-'.
@@ -110,8 +111,6 @@ class SourceConfig:
     box_format: Literal["xyxy", "xywh"] = "xyxy"
 
     def validate(self) -> None:
-        from mmpt.data.sources import OPTIONAL_KEYS, READER_KEYS
-
         needs = [k for k in READER_KEYS[self.format] if (self.format, k) not in OPTIONAL_KEYS]
         missing = [k for k in needs if not getattr(self, k)]
         check(not missing, f"format {self.format} needs {', '.join(needs)}; missing {', '.join(missing)}")
@@ -396,3 +395,11 @@ def smoke(config: RunConfig) -> RunConfig:
         rounds=1,
         eval=replace(config.eval, batch_size=4, max_new_tokens=min(config.eval.max_new_tokens, 4)),
     )
+
+
+def model_kwargs(model: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments for :func:`mmpt.models.load` from a config's ``model`` section."""
+    kwargs: dict[str, Any] = {"attn_implementation": model.attn_implementation}
+    if model.projector_checkpoint:
+        kwargs["projector_checkpoint"] = model.projector_checkpoint
+    return kwargs

@@ -40,18 +40,19 @@ from mmpt.checkpoint import (
     save_methods,
 )
 from mmpt.config import ConfigError, to_dict
+from mmpt.cost import run_cost
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
 from mmpt.data.validate import check_lengths
 from mmpt.evaluate import open_images
 from mmpt.guard import NumericGuard, gradients_finite
-from mmpt.inference import model_kwargs
 from mmpt.integrity import write_manifest
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
+from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
 from mmpt.report import pictures, write_report
-from mmpt.runconfig import RunConfig, StageConfig, TrainConfig
+from mmpt.runconfig import RunConfig, StageConfig, TrainConfig, model_kwargs
 from mmpt.scst import CiderD, SCSTCollator, group_by_image, scst_loss
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
 from mmpt.tracking import Trackers
@@ -140,26 +141,6 @@ def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
         return max(0.0, 1.0 - progress)
 
     return f
-
-
-def unique_run_dir(config: RunConfig) -> Path:
-    """``output_dir/name``, or ``name-2``, ``name-3``... when it exists: earlier runs are never overwritten."""
-    base = Path(config.output_dir) / config.name
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{config.name}-{k}")
-    path.mkdir(parents=True)
-    return path
-
-
-def fresh_file(path: Path) -> Path:
-    """``path``, or ``stem-2.ext``... when it exists (a resumed run never overwrites what it wrote before)."""
-    k, out = 1, path
-    while out.exists():
-        k += 1
-        out = path.with_name(f"{path.stem}-{k}{path.suffix}")
-    return out
 
 
 def rewind_log(path: Path, stage_names: list[str], stage: int, step: int) -> int:
@@ -393,6 +374,7 @@ def _train_in(
     progress: bool,
 ) -> dict[str, Any]:
     """The body of :func:`run` once the run folder is chosen and locked."""
+    started = time.perf_counter()
     stages = config.stage_list()
     resume = out_dir if resume_dir is not None else None
     main = accelerator.is_main_process
@@ -468,6 +450,8 @@ def _train_in(
     if eval_samples:
         metrics["after"] = ctx.evaluate("after")
         metrics["best"] = {"tag": state.best_step, main_metric(config.task, config.eval): state.best_score}
+    metrics["cost"] = run_cost(metrics["parameters"], metrics["train"], time.perf_counter() - started,
+                               accelerator.num_processes, accelerator.device.type)
     if main:
         for name, method in ctx.applied.items():
             methods.save(method, out_dir / f"{name}.safetensors", ctx.base_fingerprint)

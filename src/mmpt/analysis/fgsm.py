@@ -58,9 +58,7 @@ def perturb(pixels: torch.Tensor, direction: torch.Tensor, eps: float,
         return pixels
     if normalization is None:
         return pixels + eps * direction
-    mean, std = (t.to(pixels.device, pixels.dtype) for t in normalization)
-    shape = (-1, *([1] * (pixels.ndim - 3)), 1, 1) if pixels.ndim > 3 else (-1, 1, 1)
-    mean, std = mean.view(shape), std.view(shape)
+    mean, std = (t.to(pixels.device, pixels.dtype).view(-1, 1, 1) for t in normalization)  # channels at dim -3
     low, high = (0 - mean) / std, (1 - mean) / std
     return torch.maximum(torch.minimum(pixels + eps / std * direction, high), low)
 

@@ -7,6 +7,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from mmpt.data.easyvqa import easy_vqa_captions, load_easy_vqa
+from mmpt.data.keys import READER_KEYS
 from mmpt.data.photos import skimage_captions
 from mmpt.data.readers import READERS
 from mmpt.data.sample import Sample
@@ -16,14 +17,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mmpt")
 
-# SourceConfig keys each reader takes (besides on_error / limit / prompt template); all required but OPTIONAL
-READER_KEYS = {
-    "coco-karpathy": ("path", "images", "split"), "flickr30k-karpathy": ("path", "images", "split"),
-    "vqav2": ("questions", "annotations", "images"), "snli-ve": ("path", "images"),
-    "refcoco": ("refs", "instances", "images", "split"), "llava": ("path", "images"), "jsonl": ("path", "images"),
-    "hf": ("path", "split"),
-}
-OPTIONAL_KEYS = {("vqav2", "annotations"), ("jsonl", "images"), ("hf", "split")}  # test-dev has no answers; JSONL paths may be absolute
 _TEMPLATE_ARG = {"coco-karpathy": "prompt", "flickr30k-karpathy": "prompt", "vqav2": "prompt_template",
                  "snli-ve": "prompt_template", "refcoco": "prompt_template"}
 

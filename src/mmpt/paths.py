@@ -1,0 +1,27 @@
+"""Fresh folder and file names: what a run writes never replaces what an earlier one wrote."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmpt.runconfig import RunConfig
+
+
+def unique_run_dir(config: RunConfig) -> Path:
+    """``output_dir/name``, or ``name-2``, ``name-3``... when it exists: earlier runs are never overwritten."""
+    base = Path(config.output_dir) / config.name
+    path, k = base, 1
+    while path.exists():
+        k += 1
+        path = base.with_name(f"{config.name}-{k}")
+    path.mkdir(parents=True)
+    return path
+
+
+def fresh_file(path: Path) -> Path:
+    """``path``, or ``stem-2.ext``... when it exists (a resumed run never overwrites what it wrote before)."""
+    k, out = 1, path
+    while out.exists():
+        k += 1
+        out = path.with_name(f"{path.stem}-{k}{path.suffix}")
+    return out

@@ -1,0 +1,190 @@
+"""``mmpt sweep``: a grid of runs over config values and seeds, resumable, summarized with mean ± std.
+
+``mmpt sweep configs/quickstart.yaml method.length=8,16,32 seed=0,1,2`` trains one run per combination into
+``<output_dir>/sweep-<name>-<swept keys>/<name>-<key>=<value>...`` and records the grid in ``sweep.json``. A key
+with one value is a plain override. Re-running the same command reuses every finished run (``metrics.json``),
+resumes interrupted ones (``checkpoint/``) and moves a run that failed before its first checkpoint aside to
+``<run>.failed`` (kept, never deleted) before training it again. :func:`summarize` groups the runs by the swept
+values other than ``seed`` and gives mean ± std over seeds; ``mmpt report SWEEP`` shows it with a plot.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mmpt.config import ConfigError
+from mmpt.runconfig import load_run_config, smoke
+
+log = logging.getLogger("mmpt")
+
+
+def parse_grid(items: Sequence[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """(swept keys -> values, plain overrides) from ``key=v1,v2`` / ``key=v`` arguments."""
+    axes: dict[str, list[str]] = {}
+    fixed: list[str] = []
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"sweep: {item!r} is not key=value or key=v1,v2,...")
+        parts = [v.strip() for v in values.split(",")]
+        if values.startswith("[") or len(parts) == 1:
+            fixed.append(item)  # a list value ([a, b]) or a single value: an ordinary override
+            continue
+        if any(not v for v in parts) or len(set(parts)) != len(parts):
+            raise ConfigError(f"sweep: {key} has empty or repeated values in {values!r}")
+        if key in axes:
+            raise ConfigError(f"sweep: {key} is given twice")
+        axes[key] = parts
+    if not axes:
+        raise ConfigError("sweep: give at least one key with several values, e.g. method.length=8,16 seed=0,1")
+    return axes, fixed
+
+
+def point_name(name: str, point: dict[str, str]) -> str:
+    """The run name of one grid point: ``<name>-<key>=<value>-...`` (the key's last part)."""
+    parts = [f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items()]
+    return "-".join([name, *parts]).replace("/", "_").replace(" ", "")[:100]
+
+
+def run_sweep(config_path: str | Path, grid: Sequence[str], smoke_mode: bool = False, progress: bool = True,
+              out: str | Path | None = None) -> Path:
+    """Train every grid point not trained yet; return the sweep folder."""
+    from mmpt.train import run
+
+    axes, fixed = parse_grid(grid)
+    base = load_run_config(config_path, fixed)
+    if smoke_mode:
+        base = smoke(base)
+    folder = Path(out) if out is not None else Path(base.output_dir) / f"sweep-{base.name}-{'-'.join(axes)}"
+    points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+    configs = []
+    for point in points:  # every config is checked before anything trains
+        overrides = [*fixed, *(f"{k}={v}" for k, v in point.items()), f"name={point_name(base.name, point)}",
+                     f"output_dir={folder}"]
+        config = load_run_config(config_path, overrides)
+        configs.append(smoke(config) if smoke_mode else config)
+    if smoke_mode:  # smoke() moved output_dir under smoke/ again: keep the sweep folder
+        from dataclasses import replace
+
+        configs = [replace(c, output_dir=str(folder)) for c in configs]
+    folder.mkdir(parents=True, exist_ok=True)
+    _record(folder, config_path, axes, fixed, points, configs, smoke_mode)
+    for n, config in enumerate(configs, 1):
+        run_dir = folder / config.name
+        where = f"mmpt sweep: run {n}/{len(points)} {config.name}"
+        if (run_dir / "metrics.json").is_file():
+            print(f"{where}: finished before, reused")
+            continue
+        if (run_dir / "checkpoint").is_dir():
+            print(f"{where}: resuming its checkpoint")
+            run(load_run_config(run_dir / "config.yaml"), progress=progress, resume=run_dir)
+            continue
+        if run_dir.exists():
+            aside = _aside(run_dir)
+            print(f"{where}: a failed attempt (no checkpoint) moved to {aside.name}")
+        print(f"{where}")
+        run(config, progress=progress)
+    return folder
+
+
+def _aside(run_dir: Path) -> Path:
+    target, k = run_dir.with_name(run_dir.name + ".failed"), 1
+    while target.exists():
+        k += 1
+        target = run_dir.with_name(f"{run_dir.name}.failed{k}")
+    run_dir.rename(target)
+    return target
+
+
+def _record(folder: Path, config_path: str | Path, axes: dict[str, list[str]], fixed: list[str],
+            points: list[dict[str, str]], configs: list[Any], smoke_mode: bool) -> None:
+    """Write ``sweep.json``; a sweep re-run with more values adds its new points to the recorded ones."""
+    path = folder / "sweep.json"
+    recorded: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    if recorded and list(recorded.get("axes", {})) != list(axes):
+        raise ConfigError(f"{folder} holds a sweep over {', '.join(recorded['axes'])}, not {', '.join(axes)}: "
+                          "give another output_dir or sweep the same keys")
+    runs = {r["name"]: r for r in recorded.get("runs", [])}
+    runs.update({c.name: {"name": c.name, "values": p} for p, c in zip(points, configs, strict=True)})
+    merged_axes = {k: list(dict.fromkeys([*recorded.get("axes", {}).get(k, []), *v])) for k, v in axes.items()}
+    text = json.dumps({"config": str(config_path), "axes": merged_axes, "fixed": fixed, "smoke": smoke_mode,
+                       "runs": list(runs.values())}, indent=2)
+    tmp = path.with_name("sweep.json.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def summarize(folder: Path, metric: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Rows of mean ± std over seeds per combination of the other swept values, and the metric used (the task's
+    main one unless given). Runs not finished yet are counted in ``missing``."""
+    from mmpt.integrity import verified_json
+    from mmpt.tasks import main_metric
+
+    spec = json.loads((folder / "sweep.json").read_text())
+    keys = [k for k in spec["axes"] if k != "seed"]
+    groups: dict[tuple[str, ...], list[float]] = {}
+    missing: dict[tuple[str, ...], int] = {}
+    for entry in spec["runs"]:
+        group = tuple(entry["values"].get(k, "") for k in keys)
+        groups.setdefault(group, [])
+        path = folder / entry["name"] / "metrics.json"
+        if not path.is_file():
+            missing[group] = missing.get(group, 0) + 1
+            continue
+        metrics = verified_json(path, f"re-run the sweep to retrain {entry['name']}")
+        if metric is None:
+            config = load_run_config(folder / entry["name"] / "config.yaml")
+            metric = main_metric(config.task, config.eval)
+        value = metrics.get("after", {}).get(metric)
+        if value is not None:
+            groups[group].append(float(value))
+    rows = []
+    for group, values in groups.items():
+        row: dict[str, Any] = dict(zip(keys, group, strict=True))
+        row.update({"runs": len(values), "missing": missing.get(group, 0),
+                    "mean": statistics.fmean(values) if values else None,
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None})
+        rows.append(row)
+    return rows, metric or "metric"
+
+
+def plot_sweep(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """Mean ± std of ``metric`` against the first swept value (one line per value of the others)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in rows[0] if k not in ("runs", "missing", "mean", "std")]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    if not keys:
+        raise ValueError("a sweep over seeds only has nothing to plot against")
+    x_key, others = keys[0], keys[1:]
+    for line in dict.fromkeys(tuple(r[k] for k in others) for r in rows):
+        mine = [r for r in rows if tuple(r[k] for k in others) == line and r["mean"] is not None]
+        xs = [r[x_key] for r in mine]
+        numeric = all(_is_number(x) for x in xs)
+        order = sorted(range(len(mine)), key=lambda i: float(xs[i]) if numeric else i)
+        ax.errorbar([float(xs[i]) if numeric else xs[i] for i in order], [mine[i]["mean"] for i in order],
+                    yerr=[mine[i]["std"] for i in order], marker="o", capsize=3,
+                    label=", ".join(f"{k}={v}" for k, v in zip(others, line, strict=True)) or None)
+    ax.set(xlabel=x_key, ylabel=f"{metric} (mean ± std over seeds)", title="sweep")
+    if others:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
