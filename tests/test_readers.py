@@ -786,3 +786,18 @@ def test_registry() -> None:
         "hf",
     }
     assert READERS["coco-karpathy"] is READERS["flickr30k-karpathy"] is read_coco_karpathy
+
+
+def test_snli_ve_premise_in_the_prompt_as_ofa_does(snli: tuple[Path, Path]) -> None:
+    from mmpt.data.formats.vqa import OFA_VE_TEMPLATE
+
+    path, root = snli
+    samples = read_snli_ve(path, root, prompt_template=OFA_VE_TEMPLATE).samples
+    assert samples[0].prompt == 'Can image and text1 "Two women are embracing." imply text2 "The sisters are hugging."?'
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[0])
+    del record["sentence1"]
+    path.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match="missing key 'sentence1'"):
+        read_snli_ve(path, root, prompt_template=OFA_VE_TEMPLATE)
+    assert len(read_snli_ve(path, root).samples) == 3  # the default prompt does not need the premise

@@ -63,24 +63,27 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def _write_methods(folder: Path, applied: dict[str, methods.Method], base_fingerprint: str) -> list[str]:
+def _write_methods(folder: Path, applied: dict[str, methods.Method], base_fingerprint: str,
+                   fold: bool = False) -> list[str]:
     names = []
     for name, method in applied.items():
-        methods.save(method, folder / f"{name}.safetensors", base_fingerprint)
+        methods.save(method, folder / f"{name}.safetensors", base_fingerprint, fold=fold)
         names.append(f"{name}.safetensors")
     return names
 
 
 def save_methods(
-    folder: Path, applied: dict[str, methods.Method], base_fingerprint: str, score: dict[str, Any] | None = None
+    folder: Path, applied: dict[str, methods.Method], base_fingerprint: str, score: dict[str, Any] | None = None,
+    fold: bool = False,
 ) -> None:
     """Every applied method's parameters as ``folder/<name>.safetensors`` (and ``score.json``), with a manifest of
-    checksums, atomically. Non-finite weights are refused (:class:`~mmpt.integrity.IntegrityError`)."""
+    checksums, atomically (``fold``: reparameterizations folded, for inference). Non-finite weights are refused
+    (:class:`~mmpt.integrity.IntegrityError`)."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    names = _write_methods(tmp, applied, base_fingerprint)
+    names = _write_methods(tmp, applied, base_fingerprint, fold)
     if score is not None:
         (tmp / "score.json").write_text(json.dumps(score, indent=2))
         names.append("score.json")

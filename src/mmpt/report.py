@@ -39,6 +39,12 @@ def before_after_table(metrics: dict[str, Any]) -> str:
 def write_report(out_dir: Path, config: RunConfig, metrics: dict[str, Any], images: Sequence[Path] = ()) -> str:
     """Write ``report.md`` (with ``images``, files in ``out_dir``, shown inline) and return the before/after table."""
     table = before_after_table(metrics)
+    if metrics.get("rounds"):  # alternating training: the metric after every round but the last ("after")
+        from mmpt.tasks import main_metric
+
+        key = main_metric(config.task, config.eval)
+        table += "\n\n| round | " + key + " |\n| --- | --- |\n" + "\n".join(
+            f"| {r['round']} | {r.get(key, float('nan')):.3f} |" for r in metrics["rounds"])
     pictures_md = "".join(f"![{p.stem}]({p.name})\n\n" for p in images)
     p, t = metrics["parameters"], metrics["train"]
     stages = ", ".join(f"`{s['name']}` ({'+'.join(s['methods'])}, {s['steps']} steps)" for s in metrics["stages"])

@@ -269,7 +269,7 @@ class Run:
             better = metric in result.metrics and (self.state.best_score is None or score > self.state.best_score)
             if tag != "before" and self.applied and better:
                 save_methods(self.out_dir / "best", self.applied, self.base_fingerprint,
-                             {"metric": metric, "score": score, "tag": tag})
+                             {"metric": metric, "score": score, "tag": tag}, fold=True)
                 self.state.best_score, self.state.best_step = score, tag
         self.accelerator.print(f"mmpt: eval {tag}: {metric} {score:.4f}")
         return result.metrics
@@ -437,6 +437,10 @@ def _train_in(
                                     resuming=resume is not None and index == state.stage and state.step > 0)
         metrics["stages"].append({"name": stage.name, "methods": [m.name for m in stage.methods],
                                   "parameters": counts, **stage_metrics})
+        per_round = len(config.stages) or 1  # PT-PEFT Table 9: alternating rounds are evaluated one by one
+        if config.rounds > 1 and (index + 1) % per_round == 0 and index + 1 < len(stages) and eval_samples:
+            number = (index + 1) // per_round
+            metrics.setdefault("rounds", []).append({"round": number, **ctx.evaluate(f"round{number}")})
         # a finished stage is a checkpoint too: a resume after it starts the next stage
         state.stage, state.step, state.epoch, state.batches_in_epoch = index + 1, 0, 0, 0
         ctx.checkpoint()
@@ -454,7 +458,7 @@ def _train_in(
                                accelerator.num_processes, accelerator.device.type)
     if main:
         for name, method in ctx.applied.items():
-            methods.save(method, out_dir / f"{name}.safetensors", ctx.base_fingerprint)
+            methods.save(method, out_dir / f"{name}.safetensors", ctx.base_fingerprint, fold=True)
         (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_manifest(out_dir, [*(f"{name}.safetensors" for name in ctx.applied), "metrics.json"])
         say(write_report(out_dir, config, metrics, pictures(out_dir, eval_samples)))

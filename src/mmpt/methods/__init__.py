@@ -100,17 +100,23 @@ def fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def save(method: Method, path: str | Path, base_fingerprint: str = "") -> None:
+def save(method: Method, path: str | Path, base_fingerprint: str = "", fold: bool = False) -> None:
     """Write method parameters (safetensors) with the method config and base fingerprint as metadata.
+
+    With ``fold``, a method with a reparameterization (a prefix encoder's MLP) is saved as what it produces
+    (``method.folded()``): the file then needs no encoder and loads as ``reparam: none`` with identical outputs.
+    Checkpoints meant for resuming training keep the encoder (``fold=False``).
 
     The file carries the SHA-256 of its tensors (checked by :func:`load`) and is byte-identical for the same
     parameters; parameters holding NaN or infinity are refused (:class:`~mmpt.integrity.IntegrityError`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in method.state_dict().items()}
+    folded = getattr(method, "folded", None) if fold else None
+    raw, config = folded() if folded is not None else (method.state_dict(), method.config)
+    state = {k: v.detach().contiguous().cpu() for k, v in raw.items()}
     check_finite(state, f"{path} (not written)", "the weights diverged: lower train.lr or use an earlier checkpoint")
-    meta = {"config": json.dumps(to_dict(method.config)), "base_fingerprint": base_fingerprint, "format": "mmpt-1"}
+    meta = {"config": json.dumps(to_dict(config)), "base_fingerprint": base_fingerprint, "format": "mmpt-1"}
     save_safetensors(state, path, meta)
 
 

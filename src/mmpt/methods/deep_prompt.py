@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -41,7 +41,9 @@ class DeepPromptConfig(MethodConfig):
         length: prompt tokens per layer.
         tower: which tower (``vision``, ``lm``, ``qformer``, ``encoder``...).
         layers: layer indices (negative counts from the end); empty means every layer.
-        init_scale: random initialization, in units of the tower's hidden-state scale (0.02 for ViTs).
+        init_scale: standard deviation of the ``normal`` initialization (0.02 for ViTs).
+        init: ``normal`` (``init_scale``) or ``xavier`` (Xavier/Glorot uniform over each layer's ``length x width``
+            matrix, M2PT's initialization).
     """
 
     name: str = "deep_prompt"
@@ -49,6 +51,7 @@ class DeepPromptConfig(MethodConfig):
     tower: str = "vision"
     layers: list[int] = field(default_factory=list)
     init_scale: float = 0.02
+    init: Literal["normal", "xavier"] = "normal"
 
     def validate(self) -> None:
         check_range(self, "length", 1, MAX_TOKENS)
@@ -82,6 +85,10 @@ class DeepPromptMethod(nn.Module):
         self.prompts = nn.Parameter(
             torch.randn(len(chosen), config.length, width, device=param.device) * config.init_scale
         )
+        if config.init == "xavier":
+            with torch.no_grad():
+                for layer in self.prompts:
+                    nn.init.xavier_uniform_(layer)
         self._handles: list[Any] = []
         if tower.kind == "encoder":
             for slot, i in enumerate(chosen):

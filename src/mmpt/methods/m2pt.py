@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from torch import nn
 
 from mmpt.config import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_TOKENS, check, check_range
@@ -32,6 +33,10 @@ class M2PTConfig(MethodConfig):
         visual_length / text_length: prompt tokens per layer in the vision tower / the LM (0 disables).
         visual_layers / text_layers: layer indices (empty = all; the paper's "location" ablation).
         train_projector: train the interaction layer too (the paper does).
+        interaction: which interaction layer: ``projector`` (the model's own projector, trained) or ``linear`` (a
+            fresh ``width x width`` linear projection after the projector, M2PT's ``f_in``; it starts as the
+            identity, so the untrained method leaves the image features as they were; the projector stays frozen).
+        init: prompt initialization: ``xavier`` (the paper's) or ``normal`` (std 0.02).
         frame_width: pixel frame width used when the vision tower is a CNN.
         image_size: image side for the pixel frame.
     """
@@ -42,6 +47,8 @@ class M2PTConfig(MethodConfig):
     visual_layers: list[int] = field(default_factory=list)
     text_layers: list[int] = field(default_factory=list)
     train_projector: bool = True
+    interaction: Literal["projector", "linear"] = "projector"
+    init: Literal["xavier", "normal"] = "xavier"
     frame_width: int = 16
     image_size: int = 224
 
@@ -73,22 +80,45 @@ class M2PTMethod(nn.Module):
                 )
             else:
                 self.parts["visual"] = DeepPromptMethod(
-                    loaded, DeepPromptConfig(length=config.visual_length, tower="vision", layers=config.visual_layers)
+                    loaded, DeepPromptConfig(length=config.visual_length, tower="vision", layers=config.visual_layers,
+                                             init=config.init)
                 )
         if config.text_length:
             self.parts["text"] = DeepPromptMethod(
                 loaded, DeepPromptConfig(length=config.text_length, tower="lm", layers=config.text_layers,
-                                         init_scale=0.02)
+                                         init_scale=0.02, init=config.init)
             )
         self._projector: list[nn.Module] = []
+        self._handles: list[Any] = []
         if config.train_projector:
             if not loaded.family.projector:
                 raise ValueError(f"model family '{loaded.family.name}' has no projector for M2PT to train")
-            self._projector.append(get_submodule(loaded.model, loaded.family.projector))
-            self._initial = {k: v.detach().clone() for k, v in self._projector[0].state_dict().items()}
+            projector = get_submodule(loaded.model, loaded.family.projector)
+            if config.interaction == "linear":
+                self.interaction = self._fresh_linear(projector)
+            else:
+                self._projector.append(projector)
+                self._initial = {k: v.detach().clone() for k, v in projector.state_dict().items()}
+
+    def _fresh_linear(self, projector: nn.Module) -> nn.Linear:
+        """An identity-initialised linear layer applied to the projector's output by a forward hook."""
+        width = [m for m in projector.modules() if isinstance(m, nn.Linear)][-1].out_features
+        param = next(projector.parameters())
+        layer = nn.Linear(width, width, device=param.device, dtype=torch.float32)
+        with torch.no_grad():
+            layer.weight.copy_(torch.eye(width))
+            layer.bias.zero_()
+
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            return layer(out.to(layer.weight.dtype)).to(out.dtype)
+
+        self._handles.append(projector.register_forward_hook(hook))
+        return layer
 
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:  # type: ignore[override]
         yield from self.parts.parameters(recurse)
+        if hasattr(self, "interaction"):
+            yield from self.interaction.parameters(recurse)
         for module in self._projector:
             yield from module.parameters(recurse)
 
@@ -109,6 +139,9 @@ class M2PTMethod(nn.Module):
         """Remove the prompts and restore the projector's weights from when M2PT was applied."""
         for part in self.parts.values():
             part.remove()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
         if self._projector:
             self._projector[0].load_state_dict(self._initial)
         detach_from_model(self)

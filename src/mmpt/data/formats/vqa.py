@@ -124,6 +124,10 @@ def read_vqav2(
     return nonempty(collect(records, parse, on_error, limit), qpath)
 
 
+OFA_VE_TEMPLATE = 'Can image and text1 "{premise}" imply text2 "{hypothesis}"?'
+"""OFA's visual-entailment prompt: the premise (``sentence1``) and the hypothesis (``sentence2``)."""
+
+
 def read_snli_ve(
     path: str | Path,
     images: str | Path,
@@ -139,7 +143,9 @@ def read_snli_ve(
         images: the Flickr30k images folder (``flickr30k_images/``); the image is
             ``images/{Flickr30K_ID}.jpg``.
         on_error: ``raise`` or ``skip`` malformed records and missing images.
-        prompt_template: built from ``{hypothesis}`` (``sentence2``).
+        prompt_template: built from ``{hypothesis}`` (``sentence2``) and, optionally, ``{premise}`` (``sentence1``,
+            the caption the hypothesis was written from). OFA puts both in the prompt:
+            ``Can image and text1 "{premise}" imply text2 "{hypothesis}"?`` (:data:`OFA_VE_TEMPLATE`).
         limit: stop after this many samples (file order).
 
     Samples: ``target`` = :data:`SNLI_VE_ANSWERS` of ``gold_label`` (yes / maybe / no), ``kind`` = the gold
@@ -147,7 +153,8 @@ def read_snli_ve(
     ``"-"`` (no annotator consensus) or any other unknown label makes the record malformed.
     """
     check_args(on_error, limit)
-    check_template(prompt_template, "prompt_template", hypothesis="")
+    check_template(prompt_template, "prompt_template", hypothesis="", premise="")
+    wants_premise = "{premise}" in prompt_template
     path = require_file(path, "SNLI-VE file", "snli_ve_<split>.jsonl from github.com/necla-ml/SNLI-VE")
     root = require_dir(images, "the Flickr30k images folder (flickr30k_images/)")
     checked: dict[Path, str] = {}
@@ -165,7 +172,8 @@ def read_snli_ve(
         image = check_image(root / f"{flickr_id}.jpg", where, checked)
         image_id = int(flickr_id) if str(flickr_id).isascii() and str(flickr_id).isdigit() else flickr_id
         target = SNLI_VE_ANSWERS[label]
-        prompt = prompt_template.format(hypothesis=hypothesis)
+        premise = get_key(record, "sentence1", str, where).strip() if wants_premise else ""
+        prompt = prompt_template.format(hypothesis=hypothesis, premise=premise)
         return [Sample(image, prompt, target, label, image_id, pair_id, (target,))]
 
     return nonempty(collect(jsonl_lines(path), parse, on_error, limit), path)

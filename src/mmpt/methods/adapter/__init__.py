@@ -1,4 +1,4 @@
-"""``adapter``: bottleneck adapters per block, sequential (Houlsby-style, after the block) or parallel."""
+"""``adapter``: bottleneck adapters per block: after the block, Houlsby's two per block, or parallel (He et al.)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,21 @@ class AdapterConfig(MethodConfig):
     """Bottleneck adapters (down-projection, activation, zero-initialised up-projection).
 
     Attributes:
-        placement: ``sequential`` — ``h = block(x); h = h + A(h)`` (Houlsby / Pfeiffer position, one per
-            block) — or ``parallel`` — ``h = block(x) + s * A(x)`` (He et al. 2022).
+        placement: where adapters sit in each block:
+
+            - ``sequential``: one after the block, ``h = block(x); h = h + A(h)`` (Pfeiffer-like position);
+            - ``houlsby``: two per block (Houlsby et al. 2019, PT-PEFT's sequential adapter): on the output of the
+              attention sublayer and of the MLP sublayer, each ``f(x) + A(f(x))``, before the residual addition;
+            - ``parallel``: one beside the whole block, ``h = block(x) + s * A(x)``;
+            - ``parallel_ffn``: beside the MLP sublayer, ``mlp(x) + s * A(x)`` on the MLP's own input (He et al.
+              2022's scaled parallel adapter, PT-PEFT's parallel adapter; the paper uses ``s = 4``).
         bottleneck: hidden size of the adapter.
         scale: ``s`` for parallel adapters.
         towers: towers whose blocks get adapters.
     """
 
     name: str = "adapter"
-    placement: Literal["sequential", "parallel"] = "sequential"
+    placement: Literal["sequential", "houlsby", "parallel", "parallel_ffn"] = "sequential"
     bottleneck: int = 64
     scale: float = 1.0
     towers: list[str] = field(default_factory=lambda: ["lm"])
@@ -68,10 +74,26 @@ class AdapterMethod(nn.Module):
             tower = loaded.family.tower(tower_name)
             dim = tower_width(loaded.model, tower)
             for i, block in enumerate(hooked_blocks(loaded.model, tower, "adapter")):
-                adapter = Bottleneck(dim, config.bottleneck).to(device)
-                self.adapters[f"{tower_name}_{i}"] = adapter
-                hook = self._parallel(adapter) if config.placement == "parallel" else self._sequential(adapter)
-                self._handles.append(block.register_forward_hook(hook, with_kwargs=True))
+                for suffix, module, hook_of in self._sites(block, tower.attention, config.placement):
+                    adapter = Bottleneck(dim, config.bottleneck).to(device)
+                    self.adapters[f"{tower_name}_{i}{suffix}"] = adapter
+                    self._handles.append(module.register_forward_hook(hook_of(adapter), with_kwargs=True))
+
+    def _sites(self, block: nn.Module, attention: str, placement: str) -> list[tuple[str, nn.Module, Any]]:
+        """(name suffix, module to hook, hook factory) of each adapter of one block."""
+        if placement == "sequential":
+            return [("", block, self._sequential)]
+        if placement == "parallel":
+            return [("", block, self._parallel)]
+        mlp = _mlp_of(block)
+        if placement == "parallel_ffn":
+            return [("", mlp, self._parallel)]
+        try:
+            attn = block.get_submodule(attention)
+        except AttributeError:
+            raise ValueError(f"adapter placement houlsby: {type(block).__name__} has no attention module "
+                             f"'{attention}' (a block without self-attention)") from None
+        return [("_attn", attn, self._sequential), ("_mlp", mlp, self._sequential)]
 
     @staticmethod
     def _sequential(adapter: Bottleneck) -> Callable[..., Any]:
@@ -85,7 +107,7 @@ class AdapterMethod(nn.Module):
         scale = self.config.scale
 
         def hook(block: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-            x = args[0] if args else kwargs["hidden_states"]
+            x = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
             h = hidden_of(out)
             return with_hidden(out, h + scale * adapter(x.to(adapter.down.weight.dtype)).to(h.dtype))
 
@@ -97,6 +119,21 @@ class AdapterMethod(nn.Module):
             handle.remove()
         self._handles = []
         detach_from_model(self)
+
+
+MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+
+def _mlp_of(block: nn.Module) -> nn.Module:
+    """A block's MLP (feed-forward) sublayer, found by its usual names; refused where it has none of them (e.g.
+    BERT-style blocks whose ``output`` module adds the residual and normalizes inside)."""
+    for name in MLP_NAMES:
+        module = getattr(block, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    children = ", ".join(n for n, _ in block.named_children())
+    raise ValueError(f"adapter placements houlsby/parallel_ffn need the block's MLP sublayer ({' / '.join(MLP_NAMES)});"
+                     f" {type(block).__name__} has: {children}. Use placement sequential or parallel there")
 
 
 register_method(MethodEntry("adapter", AdapterConfig, AdapterMethod, "bottleneck adapters: sequential or parallel"))

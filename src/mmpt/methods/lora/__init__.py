@@ -26,7 +26,9 @@ class LoRAConfig(MethodConfig):
 
     Attributes:
         r, alpha, dropout: rank, scaling numerator and dropout (PT-PEFT: 16, 32, 0.05).
-        targets: names of ``nn.Linear`` modules inside the chosen towers' blocks to adapt.
+        targets: ``nn.Linear`` modules inside the chosen towers' blocks to adapt: a module name (``q_proj``:
+            every module of that name) or the end of its dotted path inside the block
+            (``attention.attention.query``: the Q-Former's self-attention query, not ``crossattention.attention.query``).
         towers: towers whose blocks are searched (``lm`` by default).
     """
 
@@ -42,6 +44,11 @@ class LoRAConfig(MethodConfig):
         check_range(self, "alpha", 0, 10**4, open_low=True, fix="use a scaling numerator such as 32 (often 2 * r)")
         check_range(self, "dropout", 0, 1, open_high=True)
         check(bool(self.targets), "targets: name at least one module, e.g. [q_proj, v_proj]")
+
+
+def _targeted(path: str, targets: list[str]) -> bool:
+    """Whether a module's dotted path inside its block is one of ``targets`` (a name or a dotted path end)."""
+    return any(path == t or path.endswith("." + t) for t in targets)
 
 
 class LoRAMethod(nn.Module):
@@ -63,7 +70,7 @@ class LoRAMethod(nn.Module):
             for i, block in enumerate(blocks(loaded.model, tower)):
                 for path, module in list(block.named_modules()):
                     leaf = path.rsplit(".", 1)[-1]
-                    if leaf not in config.targets or not isinstance(module, nn.Linear):
+                    if not _targeted(path, config.targets) or not isinstance(module, nn.Linear):
                         continue
                     parent = block.get_submodule(path.rsplit(".", 1)[0]) if "." in path else block
                     lora = LoraLinear(module, "default", peft_config, r=config.r, lora_alpha=config.alpha,

@@ -186,6 +186,18 @@ class PrefixMethod(nn.Module):
             encoder.fold()
         self.config = replace(self.config, reparam="none")
 
+    @torch.no_grad()
+    def folded(self) -> tuple[dict[str, torch.Tensor], PrefixConfig]:
+        """The state and config of this method with every encoder folded (see :meth:`fold`), leaving it as is:
+        what :func:`mmpt.methods.save` writes with ``fold=True``."""
+        state = {}
+        for key, encoder in self.encoders.items():
+            was_training = encoder.training
+            encoder.eval()
+            state[f"encoders.{key}.prefix"] = encoder().detach().clone()
+            encoder.train(was_training)
+        return state, replace(self.config, reparam="none")
+
     def remove(self) -> None:
         """Remove all prefixes: the model is exactly as before :func:`mmpt.methods.apply`."""
         for inj in self.injections:
