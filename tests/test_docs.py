@@ -96,6 +96,14 @@ def test_shell_command_is_valid(where, words, capsys):
         return
     config = getattr(args, "config", None)
     placeholder = any(w.isupper() for w in words)  # CONFIG, RUN: a pattern, not a command to check further
+    if args.command == "sweep" and not placeholder:  # the grid and every point's config must be valid
+        from mmpt.sweep import parse_grid
+
+        axes, fixed = parse_grid(args.grid)
+        for key, values in axes.items():
+            for value in values:
+                load_run_config(ROOT / config, [*fixed, f"{key}={value}"])
+        return
     if args.command in ("train", "eval") and config and not placeholder and Path(config).suffix != "":
         cwd = os.getcwd()
         os.chdir(ROOT)

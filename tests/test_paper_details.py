@@ -140,3 +140,24 @@ def test_alternating_rounds_are_evaluated_one_by_one(tmp_path):
     assert all("accuracy" in r for r in metrics["rounds"]) and "after" in metrics
     saved = json.loads((Path(metrics["run_dir"]) / "metrics.json").read_text())
     assert len(saved["rounds"]) == 2 and "| round |" in (Path(metrics["run_dir"]) / "report.md").read_text()
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_textual_prompts_can_start_above_layer_zero(family):
+    loaded, batch = _family(family)
+    model = loaded.model
+    base = _logits(model, batch)
+    n = len(model.model.language_model.layers)
+    method = methods.apply(loaded, DeepPromptConfig(length=3, tower="lm", layers=[n - 1], init_scale=1.0))
+    with torch.no_grad():
+        method.prompts.normal_(0, 1.0, generator=torch.Generator().manual_seed(2))
+    prompted = _logits(model, batch)
+    assert prompted.shape == base.shape and not torch.allclose(prompted, base)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    cached = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    uncached = model.generate(**inputs, max_new_tokens=3, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    model(**batch, use_cache=False).logits.sum().backward()
+    assert method.prompts.grad is not None and method.prompts.grad.abs().sum() > 0
+    method.remove()
+    assert torch.equal(_logits(model, batch), base)

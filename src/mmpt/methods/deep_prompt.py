@@ -5,11 +5,17 @@ are inserted in front of the hidden states, and after the block they are dropped
 its own prompts and the tower's output keeps its shape. Positions are added before the first block, so the
 prompts carry none.
 
-Decoder towers (LMs; the chosen layers must include layer 0): layer 0's prompts are prepended to the input
-like ``prompt`` (positions, padding mask and KV cache handled there); before every later chosen layer the
-hidden states at the prompt positions are replaced by that layer's prompts. With a KV cache this happens once,
-at prefill. Later layers' prompts start from what layer 0's prompts become there, so an untrained deep prompt
+Decoder towers (LMs) whose chosen layers include layer 0: layer 0's prompts are prepended to the input like
+``prompt`` (positions, padding mask and KV cache handled there); before every later chosen layer the hidden
+states at the prompt positions are replaced by that layer's prompts. With a KV cache this happens once, at
+prefill. Later layers' prompts start from what layer 0's prompts become there, so an untrained deep prompt
 behaves as a shallow one instead of disrupting the pretrained LM (see ``_propagate_init``).
+
+Decoder towers whose chosen layers start above layer 0 (M2PT's location ablation): in a decoder, prompts
+replaced at a layer act on the real tokens only through that layer's attention, as keys and values; so each
+chosen layer's prompts enter its attention as key/value tokens, computed from the prompt vectors by the layer's
+own input norm and key/value projections (no rotary position, like prefixes; :mod:`mmpt.methods.kv`). Layers
+below the first chosen one (and between chosen ones) see no prompts.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, regi
 from mmpt.methods.blocks import hidden_of, with_hidden
 from mmpt.methods.kv import pad_mask
 from mmpt.methods.prompt import PromptConfig, PromptMethod
-from mmpt.models.family import get_submodule, hooked_blocks, tower_width
+from mmpt.models.family import attention_layers, get_submodule, hooked_blocks, tower_width
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -74,12 +80,6 @@ class DeepPromptMethod(nn.Module):
         if bad:
             raise ValueError(f"tower '{config.tower}' has layers 0..{n - 1}; layer(s) {bad} do not exist")
         chosen = sorted({i % n for i in config.layers}) if config.layers else list(range(n))
-        if tower.kind == "decoder" and chosen[0] != 0:
-            raise ValueError(
-                f"deep_prompt on the decoder tower '{config.tower}' starts at layer 0 (its prompts enter as input "
-                f"tokens and are replaced at each later chosen layer); got layers {config.layers}. Include layer 0, "
-                "or use prefix for layer ranges that skip the bottom layers"
-            )
         width = tower_width(loaded.model, tower)
         param = next(all_blocks[0].parameters())
         self.prompts = nn.Parameter(
@@ -90,7 +90,9 @@ class DeepPromptMethod(nn.Module):
                 for layer in self.prompts:
                     nn.init.xavier_uniform_(layer)
         self._handles: list[Any] = []
-        if tower.kind == "encoder":
+        if tower.kind == "decoder" and chosen[0] != 0:
+            self._as_key_values(loaded, tower, all_blocks, chosen)
+        elif tower.kind == "encoder":
             for slot, i in enumerate(chosen):
                 insert, drop = (self._insert_packed(slot), self._drop_packed) if tower.packed else (
                     self._insert(slot), self._drop)
@@ -104,6 +106,39 @@ class DeepPromptMethod(nn.Module):
             self._inner_list = [inner]  # a list: not registered as a submodule
             for slot, i in enumerate(chosen[1:], start=1):
                 self._handles.append(all_blocks[i].register_forward_pre_hook(self._replace(slot), with_kwargs=True))
+
+    def _as_key_values(self, loaded: LoadedModel, tower: Any, all_blocks: list[nn.Module], chosen: list[int]) -> None:
+        """Decoder prompts from a layer above 0: key/value tokens of each chosen layer (see the module docstring)."""
+        from mmpt.methods.kv import KVInjection, kv_layout, projections
+
+        found = dict(attention_layers(loaded.model, tower))
+        lacking = [i for i in chosen if i not in found]
+        if lacking:
+            raise ValueError(f"deep_prompt: decoder layer(s) {lacking} of '{self.config.tower}' have no self-attention")
+        modules = [found[i] for i in chosen]
+        providers = []
+        for slot, (i, module) in enumerate(zip(chosen, modules, strict=True)):
+            norm = next((getattr(all_blocks[i], n) for n in INPUT_NORMS if isinstance(getattr(all_blocks[i], n, None),
+                                                                                     nn.Module)), None)
+            if norm is None:
+                raise ValueError(f"deep_prompt from layer {chosen[0]}: {type(all_blocks[i]).__name__} has none of the "
+                                 f"input norms {', '.join(INPUT_NORMS)}; include layer 0 in layers")
+            k_proj, v_proj = projections(module)
+            heads, head_dim = kv_layout(module)
+            providers.append(self._kv_provider(slot, norm, k_proj, v_proj, getattr(module, "k_norm", None),
+                                               heads, head_dim))
+        self._injection = KVInjection(modules, providers, cross=False, mode="interface")
+
+    def _kv_provider(self, slot: int, norm: nn.Module, k_proj: nn.Module, v_proj: nn.Module, k_norm: Any,
+                     heads: int, head_dim: int) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+        def provide() -> tuple[torch.Tensor, torch.Tensor]:
+            x = norm(self.prompts[slot].to(next(norm.parameters()).dtype))
+            k = k_proj(x).view(-1, heads, head_dim)
+            if k_norm is not None:  # Gemma 3 / Qwen3: keys are normalized per head before attention
+                k = k_norm(k)
+            return k.transpose(0, 1), v_proj(x).view(-1, heads, head_dim).transpose(0, 1)
+
+        return provide
 
     @torch.no_grad()
     def _propagate_init(self, loaded: LoadedModel, tower: Any, all_blocks: list[nn.Module], chosen: list[int]) -> None:
@@ -214,7 +249,14 @@ class DeepPromptMethod(nn.Module):
         self._handles = []
         for inner in getattr(self, "_inner_list", []):
             inner.remove()
+        if getattr(self, "_injection", None) is not None:
+            self._injection.remove()
+            self._injection = None
         detach_from_model(self)
+
+
+INPUT_NORMS = ("input_layernorm", "self_attn_layer_norm", "ln_1", "layer_norm1")
+"""Names of a decoder block's pre-attention norm across families (Llama/Gemma/Qwen, OPT/BART, GPT-2, SigLIP)."""
 
 
 register_method(MethodEntry("deep_prompt", DeepPromptConfig, DeepPromptMethod,

@@ -31,7 +31,8 @@ class M2PTConfig(MethodConfig):
 
     Attributes:
         visual_length / text_length: prompt tokens per layer in the vision tower / the LM (0 disables).
-        visual_layers / text_layers: layer indices (empty = all; the paper's "location" ablation).
+        visual_layers / text_layers: layer indices (empty = all; the paper's "location" ablation; textual prompts may
+            start at any LM layer, see :mod:`mmpt.methods.deep_prompt`).
         train_projector: train the interaction layer too (the paper does).
         interaction: which interaction layer: ``projector`` (the model's own projector, trained) or ``linear`` (a
             fresh ``width x width`` linear projection after the projector, M2PT's ``f_in``; it starts as the
