@@ -218,3 +218,12 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
                   ["after"][metric] for s in (0, 1)]
         assert row["mean"] == pytest.approx(sum(values) / 2)
     assert [r["method.length"] for r in rows] == ["1", "2"] and all(r["runs"] == 2 for r in rows)
+
+
+def test_text_fgsm_at_epsilon_zero_is_the_clean_metric(prefix_run, tmp_path):
+    for on in ("pixels", "text"):
+        assert main(["analyze", "fgsm", str(prefix_run), "--smoke", "--no-progress", "--no-base", "--on", on,
+                     "--eps", "0,1.0", "--out", str(tmp_path / on)]) == 0
+    rows = {on: json.loads((tmp_path / on / "fgsm.json").read_text())["rows"] for on in ("pixels", "text")}
+    assert rows["text"][0]["epsilon"] == 0 and rows["text"][0]["accuracy"] == rows["pixels"][0]["accuracy"]
+    assert "embedding units" in (tmp_path / "text" / "fgsm.md").read_text()

@@ -119,8 +119,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         options["tower"] = args.tower
     if args.analysis == "rank":
         options.update(layer=args.layer, threshold=args.threshold, truncate=args.truncate or [])
-    if args.analysis == "fgsm" and args.eps:
-        options["epsilons"] = args.eps
+    if args.analysis == "fgsm":
+        options.update(epsilons=args.eps, target=args.on)
     if args.analysis == "ablate":
         options.update(candidates=args.candidates, seed=args.seed)
     folder = analyze(args.analysis, args.runs, model=args.model, config=args.config, out=args.out,
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.9, help="rank: cumulative share (default 0.9)")
     p.add_argument("--truncate", type=_ints, help="rank: also the task metric with features cut to these ranks")
     p.add_argument("--eps", type=_floats, help="fgsm: epsilons in pixel units (default 0,0.005,0.01,0.02,0.05)")
+    p.add_argument("--on", choices=["pixels", "text"], default="pixels",
+                   help="fgsm: attack the image pixels (default) or the prompt's text embeddings")
     p.add_argument("--candidates", help="ablate: rank answers from this file, or 'answers' (the samples' answers)")
     p.add_argument("--seed", type=int, default=0, help="ablate: seed of the noise")
     p.add_argument("--smoke", action="store_true", help="4 samples, smallest options: seconds")

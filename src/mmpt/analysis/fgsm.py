@@ -9,6 +9,12 @@ is attacked through its own gradient (a white-box attack on that model, as in th
 ``eps`` is in units of the [0, 1] pixel range: the model's inputs are normalized per channel (``(x - mean) /
 std``), so the step there is ``eps / std`` and the clip is the normalized image of [0, 1]. Models whose processor
 declares no normalization take ``eps`` in their input units, without clipping.
+
+``target="text"`` attacks the text instead: the input embeddings of the prompt's text tokens (not image
+placeholders) move by ``eps * sign(grad)`` in embedding units (the notes give the embedding table's standard
+deviation for scale). Samples are then evaluated one at a time: a hook on the input embedding layer adds each
+sample's perturbation to the forward call whose tokens start with that sample's prompt (the prefill; generated
+tokens and ranked answers that follow are not perturbed).
 """
 
 from __future__ import annotations
@@ -108,13 +114,110 @@ def attacked_samples(subject: Subject, samples: Sequence[Sample], batch_size: in
     return originals, clean, directions
 
 
+def text_directions(subject: Subject, samples: Sequence[Sample]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per sample: its prompt's token ids and the sign of the loss gradient at their input embeddings (zero at
+    image placeholders)."""
+    from mmpt.analysis.common import image_token_id
+
+    model = subject.loaded.model
+    embedding = model.get_input_embeddings()
+    token = image_token_id(model)
+    out = []
+    for sample in samples:
+        (_, prompt), (_, full) = next(batches(subject, [sample], 1)), next(batches(subject, [sample], 1, answers=True))
+        ids = prompt["input_ids"][0]
+        if not torch.equal(full["input_ids"][0, : len(ids)], ids):
+            raise RuntimeError("the prompt's tokens are not a prefix of prompt + answer: mmpt cannot align the text "
+                               "attack with evaluation for this processor; attack the pixels")
+        captured: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, args: Any, output: torch.Tensor,
+                 store: list[torch.Tensor] = captured) -> torch.Tensor:
+            leaf = output.detach().requires_grad_(True)  # the frozen table gives no gradient: start one here
+            store.append(leaf)
+            return leaf
+
+        handle = embedding.register_forward_hook(keep)
+        try:
+            with torch.enable_grad():
+                loss = model(**full, use_cache=False).loss
+                loss.backward()
+        finally:
+            handle.remove()
+        grad = captured[0].grad[0, : len(ids)].sign()
+        if token is not None:
+            grad[ids == token] = 0
+        out.append((ids.cpu(), grad.detach().cpu()))
+        model.zero_grad(set_to_none=True)
+    return out
+
+
+class _TextAttack:
+    """Adds ``eps * direction`` to the input embeddings of a forward call whose tokens start with ``ids``."""
+
+    def __init__(self, embedding: nn.Module) -> None:
+        self.current: tuple[torch.Tensor, torch.Tensor, float] | None = None
+        self.hits = 0
+        self._handle = embedding.register_forward_hook(self._hook)
+
+    def _hook(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor | None:
+        if self.current is None or self.current[2] == 0:
+            return None
+        ids, direction, eps = self.current
+        given = args[0]
+        n = len(ids)
+        if given.ndim != 2 or given.shape[1] < n or not torch.equal(given[0, :n].cpu(), ids):
+            return None
+        self.hits += 1
+        delta = torch.zeros_like(output)
+        delta[:, :n] = eps * direction.to(output.device, output.dtype)
+        return output + delta
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def _text_metric(subject: Subject, samples: Sequence[Sample], directions: list[tuple[torch.Tensor, torch.Tensor]],
+                 eps: float, task: str, eval_config: Any) -> float:
+    from mmpt.tasks import evaluation, main_metric, predict_task
+
+    loaded = subject.loaded
+    attack = _TextAttack(loaded.model.get_input_embeddings())
+    predictions = []
+    try:
+        for sample, (ids, direction) in zip(samples, directions, strict=True):
+            attack.current = (ids, direction, eps)
+            predictions += predict_task(task, loaded.model, loaded.processor, [sample], eval_config, progress=False)
+    finally:
+        attack.remove()
+    if eps and attack.hits < len(samples):
+        raise RuntimeError(f"the text attack reached {attack.hits} of {len(samples)} samples' prompts: the model does "
+                           "not embed the prompt tokens it was given through its input embedding layer")
+    return evaluation(task, samples, predictions, eval_config).metrics[main_metric(task, eval_config)]
+
+
 def analyze_fgsm(subjects: Sequence[Subject], samples: Sequence[Sample], epsilons: Sequence[float], task: str,
-                 eval_config: Any, batch_size: int = 8, progress: bool = True) -> Result:
-    """The task metric of every subject on images attacked with each epsilon."""
+                 eval_config: Any, batch_size: int = 8, progress: bool = True, target: str = "pixels") -> Result:
+    """The task metric of every subject on images (or, with ``target="text"``, prompts) attacked with each
+    epsilon."""
     from mmpt.tasks import evaluate_task, main_metric
 
+    if target not in ("pixels", "text"):
+        raise ValueError(f"fgsm target must be pixels or text, got {target!r}")
     metric = main_metric(task, eval_config)
     rows: list[dict[str, Any]] = []
+    if target == "text":
+        for subject in subjects:
+            directions = text_directions(subject, samples)
+            for eps in tqdm(epsilons, desc=f"fgsm text {subject.label}", disable=not progress, leave=False):
+                rows.append({"subject": subject.label, "epsilon": eps,
+                             metric: _text_metric(subject, samples, directions, eps, task, eval_config)})
+        scale = float(subjects[0].loaded.model.get_input_embeddings().weight.std())
+        notes = [f"One-step FGSM on the prompt's text-token embeddings: e + eps * sign(grad); eps in embedding units "
+                 f"(the embedding table's std is {scale:.4f}); each subject attacked through its own gradient.",
+                 "Epsilon 0 is the clean evaluation."]
+        return Result("fgsm", rows, {"metric": metric}, {"fgsm.png": lambda path: _plot(rows, metric, path, target)},
+                      notes, {"epsilons": list(epsilons), "samples": len(samples), "metric": metric, "target": target})
     for subject in subjects:
         loaded = subject.loaded
         originals, clean, directions = attacked_samples(subject, samples, batch_size, progress)
@@ -133,11 +236,11 @@ def analyze_fgsm(subjects: Sequence[Subject], samples: Sequence[Sample], epsilon
     notes = ["One-step FGSM on the pixels: x + eps * sign(grad of the answer's loss), clipped to the image range; "
              "eps in [0, 1] pixel units; each subject attacked through its own gradient.",
              "Epsilon 0 is the clean evaluation."]
-    return Result("fgsm", rows, {"metric": metric}, {"fgsm.png": lambda path: _plot(rows, metric, path)}, notes,
-                  {"epsilons": list(epsilons), "samples": len(samples), "metric": metric, "target": "pixels"})
+    return Result("fgsm", rows, {"metric": metric}, {"fgsm.png": lambda path: _plot(rows, metric, path, target)},
+                  notes, {"epsilons": list(epsilons), "samples": len(samples), "metric": metric, "target": target})
 
 
-def _plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+def _plot(rows: list[dict[str, Any]], metric: str, path: Path, target: str = "pixels") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +250,8 @@ def _plot(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     for label in dict.fromkeys(r["subject"] for r in rows):
         mine = [r for r in rows if r["subject"] == label]
         ax.plot([r["epsilon"] for r in mine], [r[metric] for r in mine], marker="o", label=label)
-    ax.set(xlabel="epsilon (pixel range 0-1)", ylabel=metric, title="FGSM attack on the image")
+    unit, what = ("pixel range 0-1", "the image") if target == "pixels" else ("embedding units", "the text embeddings")
+    ax.set(xlabel=f"epsilon ({unit})", ylabel=metric, title=f"FGSM attack on {what}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
