@@ -17,7 +17,7 @@ import torch
 from mmpt.data import Sample
 from mmpt.data.easyvqa import load_easy_vqa
 from mmpt.models import load
-from mmpt.ranking import candidate_scores
+from mmpt.tasks.vqa import candidate_scores
 
 
 def main() -> None:

@@ -10,14 +10,12 @@ import urllib.error
 import pytest
 from pycocoevalcap import eval as coco_eval
 
-from mmpt import metrics
-from mmpt.metrics import (
-    box_iou,
-    caption_scores,
-    grounding_scores,
-    mme_scores,
+from mmpt.tasks import caption as metrics  # the caption metrics' module (Meteor, shutil patched below)
+from mmpt.tasks.caption import caption_scores
+from mmpt.tasks.instruct import mme_scores, parse_mme_answer
+from mmpt.tasks.refexp import box_iou, grounding_scores
+from mmpt.tasks.vqa import (
     normalize_vqa_answer,
-    parse_mme_answer,
     vqa_accuracy,
     vqa_scores,
 )

@@ -13,7 +13,7 @@ from mmpt.data import Sample
 from mmpt.methods import DeepPromptConfig, M2PTConfig, PrefixConfig, PromptConfig
 from mmpt.models import LoadedModel
 from mmpt.models.families import FAMILY_MODULES
-from mmpt.ranking import can_reuse_prompt, candidate_scores, rank_candidates
+from mmpt.tasks.vqa import can_reuse_prompt, candidate_scores, rank_candidates
 from test_hf_processor import build
 
 CANDIDATES = ["blue", "no", "yes it is", "red", "a big green circle"]

@@ -283,7 +283,7 @@ def test_other_modes(tmp_path: Path) -> None:
 
 
 def test_open_image_uses_the_conversion(tmp_path: Path) -> None:
-    from mmpt.evaluate import open_image
+    from mmpt.tasks.common import open_image
 
     Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(tmp_path / "half.tiff")
     image = open_image(tmp_path / "half.tiff")
@@ -478,7 +478,7 @@ def image_bytes(draw: st.DrawFn) -> bytes:
 @FUZZ
 @given(content=image_bytes())
 def test_random_bytes_as_images(content: bytes) -> None:
-    from mmpt.evaluate import open_image
+    from mmpt.tasks.common import open_image
 
     limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, 10**6  # a damaged header may claim 10^8 pixels
     try:

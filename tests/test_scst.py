@@ -8,7 +8,7 @@ from pycocoevalcap.cider.cider import Cider
 from conftest import make_tiny
 from mmpt import methods
 from mmpt.data import Sample
-from mmpt.scst import (
+from mmpt.tasks.caption import (
     CiderD,
     SCSTCollator,
     append_continuations,

@@ -249,7 +249,7 @@ class EvalConfig:
         candidates: rank these answers by likelihood instead of generating (OFA's all-candidate evaluation):
             a list, or a text file with one answer per line. Visual entailment defaults to yes/maybe/no.
         candidate_batch_size: candidates scored in one forward pass; the image and prompt are computed once per
-            sample and shared by all (see ``mmpt.ranking``), so this can be much larger than ``batch_size``
+            sample and shared by all (see ``mmpt.tasks.vqa``), so this can be much larger than ``batch_size``
             (each candidate holds a copy of the prompt's KV cache: chunks are also capped to 40% of free GPU
             memory). Processors that cannot reuse the prompt (BLIP) rank ``batch_size`` full passes at a time.
         before: also evaluate before training (zero-shot).

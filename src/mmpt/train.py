@@ -44,7 +44,6 @@ from mmpt.cost import run_cost
 from mmpt.data import Sample
 from mmpt.data.sources import build_data
 from mmpt.data.validate import check_lengths
-from mmpt.evaluate import open_images
 from mmpt.guard import NumericGuard, gradients_finite
 from mmpt.integrity import write_manifest
 from mmpt.models import VLMProcessor
@@ -53,8 +52,9 @@ from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
 from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, TrainConfig, model_kwargs
-from mmpt.scst import CiderD, SCSTCollator, group_by_image, scst_loss
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
+from mmpt.tasks.caption import CiderD, SCSTCollator, group_by_image, scst_loss
+from mmpt.tasks.common import open_images
 from mmpt.tracking import Trackers
 
 log = logging.getLogger("mmpt")

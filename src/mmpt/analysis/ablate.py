@@ -52,9 +52,9 @@ def learned_vectors(method: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 def _score(subject: Subject, samples: Sequence[Sample], task: str, eval_config: Any, candidates: list[str] | None,
            progress: bool) -> dict[str, float]:
-    from mmpt.evaluate import normalize
-    from mmpt.ranking import candidate_scores, top_k
     from mmpt.tasks import evaluate_task, main_metric
+    from mmpt.tasks.common import normalize
+    from mmpt.tasks.vqa import candidate_scores, top_k
 
     loaded = subject.loaded
     if candidates is None:

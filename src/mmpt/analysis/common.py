@@ -279,7 +279,7 @@ def batches(subject: Subject, samples: Sequence[Sample], batch_size: int,
             answers: bool = False) -> Iterator[tuple[list[Sample], dict[str, torch.Tensor]]]:
     """``(chunk, model inputs)`` for consecutive chunks of ``samples``, on the model's device (with ``answers``,
     the targets too, and ``labels`` for the loss)."""
-    from mmpt.evaluate import open_image
+    from mmpt.tasks.common import open_image
 
     processor = subject.loaded.processor
     if processor is None:

@@ -95,7 +95,7 @@ class _PixelOverride:
 def attacked_samples(subject: Subject, samples: Sequence[Sample], batch_size: int, progress: bool
                      ) -> tuple[list[Any], list[torch.Tensor], list[torch.Tensor]]:
     """Per sample: its original image, its clean pixels and its attack direction."""
-    from mmpt.evaluate import open_image
+    from mmpt.tasks.common import open_image
 
     originals, clean, directions = [], [], []
     bar = tqdm(total=len(samples), desc=f"fgsm grad {subject.label}", unit="sample", disable=not progress,

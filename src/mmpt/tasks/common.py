@@ -1,4 +1,4 @@
-"""Generation-based evaluation: greedy answers compared with targets after normalization."""
+"""What every task shares: opening images, batching, generation, exact-match accuracy."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -134,24 +135,16 @@ def predict(
     return out
 
 
-@torch.no_grad()
-def classify(
-    model: nn.Module,
-    processor: VLMProcessor,
-    samples: Sequence[Sample],
-    head: Any,
-    batch_size: int = 16,
-    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
-    progress: bool = True,
-) -> list[str]:
-    """The ``answer_head`` method's answer (argmax over its answer list) for each sample."""
-    out: list[str] = []
-    for batch in _in_batches(model, processor, samples, batch_size, "classify", progress):
-        with autocast():
-            model(**batch, use_cache=False)
-            logits = head.logits()
-        out.extend(head.answers[i] for i in logits.argmax(-1).tolist())
-    return out
+def image_size(sample: Sample) -> tuple[int, int]:
+    """(width, height) of a sample's original image (from the reader, else read from the file)."""
+    if sample.image_size is not None:
+        return sample.image_size
+    if isinstance(sample.image, torch.Tensor):  # an already-transformed (3, H, W) pixel tensor
+        return sample.image.shape[-1], sample.image.shape[-2]
+    if isinstance(sample.image, np.ndarray):  # an (H, W, 3) array
+        return sample.image.shape[1], sample.image.shape[0]
+    with Image.open(sample.image) as im:
+        return im.size
 
 
 def accuracy(samples: Sequence[Sample], predictions: Sequence[str]) -> dict[str, float]:

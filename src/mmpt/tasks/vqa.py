@@ -1,4 +1,10 @@
-"""All-candidate answer ranking (OFA's VQA evaluation): score every answer of a fixed list, keep the most likely.
+"""Visual question answering: VQAv2 accuracy, the answer head, and all-candidate answer ranking.
+
+Scoring: exact-match ``accuracy`` (per kind), and the official VQAv2 ``vqa_accuracy`` when samples carry several
+answers (:func:`vqa_scores`, as GT-Vision-Lab/VQA's ``vqaEval.py``). Predictions: the ``answer_head`` method's
+class (:func:`classify`), a ranked candidate, or generated text.
+
+All-candidate answer ranking (OFA's VQA evaluation): score every answer of a fixed list, keep the most likely.
 
 A candidate's score is the summed log-probability of its tokens and its end-of-answer token given the sample's
 prompt, so "yes" and "yes it is" are told apart. Two ways to compute it, equal up to float rounding:
@@ -16,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -26,7 +34,7 @@ from tqdm.auto import tqdm
 
 from mmpt.contract import cache_kwargs
 from mmpt.data import Sample
-from mmpt.evaluate import open_image
+from mmpt.tasks.common import _in_batches, accuracy, open_image
 
 Autocast = Callable[[], AbstractContextManager[Any]]
 
@@ -256,3 +264,158 @@ def _full_forward_scores(
         ok = labels >= 0
         scores.append(_picked(logits, labels.clamp(min=0), ok).cpu())
     return torch.cat(scores)
+
+
+@torch.no_grad()
+def classify(
+    model: nn.Module,
+    processor: Any,
+    samples: Sequence[Sample],
+    head: Any,
+    batch_size: int = 16,
+    autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+    progress: bool = True,
+) -> list[str]:
+    """The ``answer_head`` method's answer (argmax over its answer list) for each sample."""
+    out: list[str] = []
+    for batch in _in_batches(model, processor, samples, batch_size, "classify", progress):
+        with autocast():
+            model(**batch, use_cache=False)
+            logits = head.logits()
+        out.extend(head.answers[i] for i in logits.argmax(-1).tolist())
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- VQAv2
+# Tables of vqaEval.py (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation). Keys with capitals ("Im")
+# never match after lower-casing; they are kept as in the original.
+_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
+    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
+    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't", "shed've": "she'd've",
+    "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
+    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
+    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've",
+    "someone'dve": "someone'd've", "someonell": "someone'll", "someones": "someone's",
+    "somethingd": "something'd", "somethingd've": "something'd've", "something'dve": "something'd've",
+    "somethingll": "something'll", "thats": "that's", "thered": "there'd", "thered've": "there'd've",
+    "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd",
+    "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
+    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
+    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
+    "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
+    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've",
+    "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've",
+    "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}  # fmt: skip
+_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+    "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+_ARTICLES = frozenset({"a", "an", "the"})
+_PUNCT = (
+    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
+)  # fmt: skip
+# "(?!<=\d)" is a lookahead in the original (a typo for a lookbehind): any "." not followed by a digit goes.
+_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA_STRIP = re.compile(r"(\d)(\,)(\d)")
+# The original calls periodStrip.sub("", text, re.UNICODE): the flag lands in ``count`` (32 replacements).
+_PERIOD_COUNT = int(re.UNICODE)
+
+
+def _clean(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def _process_punctuation(text: str) -> str:
+    out = text
+    digit_comma = _COMMA_STRIP.search(text) is not None
+    for p in _PUNCT:
+        # Tested on the input text, not on ``out``, as the original does.
+        touches_space = p + " " in text or " " + p in text
+        out = out.replace(p, "" if touches_space or digit_comma else " ")
+    return _PERIOD_STRIP.sub("", out, count=_PERIOD_COUNT)
+
+
+def _process_digit_article(text: str) -> str:
+    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """The official VQAv2 answer processing: ``"Two dogs."`` -> ``"2 dogs"``.
+
+    Line breaks/tabs become spaces and the ends are stripped; then ``processPunctuation`` (each of
+    ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted when it touches a space in the text, or when the
+    text holds a digit-comma-digit such as ``1,000``, and replaced by a space otherwise; every ``.`` not
+    followed by a digit is deleted); then ``processDigitArticle`` (lower-case, number words ``none``/``zero``
+    .. ``ten`` to digits, articles a/an/the dropped, apostrophe-less contractions such as ``dont`` ->
+    ``don't`` restored). Note :func:`vqa_accuracy` applies it only when the references disagree.
+    """
+    return _process_digit_article(_process_punctuation(_clean(text)))
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """VQAv2 accuracy of one prediction against the human answers (usually 10), in 0..1.
+
+    As ``vqaEval.py``: for each answer, the subset of the *other* answers gives ``min(1, matches / 3)``; the
+    accuracy is the mean over those leave-one-out subsets (3 of 10 matching -> 0.9, 1 -> 0.3, 4+ -> 1.0).
+    The same definition is used for any number of answers; with a single answer it is exact match.
+
+    Quirk kept from the official code: answers and prediction only get ``\\n``/``\\t`` replaced and ends
+    stripped; the full :func:`normalize_vqa_answer` processing is applied (to both) only when the answers are
+    not all identical. So with ten identical answers ``"2"``, the prediction ``"two"`` scores 0. (This is the
+    current vqaEval.py; older revisions, still copied by some toolkits, always processed the prediction and
+    applied only the punctuation step to disagreeing answers.)
+    """
+    if not answers:
+        raise ValueError("vqa_accuracy needs at least one reference answer")
+    gts = [_clean(answer) for answer in answers]
+    pred = _clean(prediction)
+    if len(set(gts)) > 1:
+        gts = [_process_digit_article(_process_punctuation(answer)) for answer in gts]
+        pred = _process_digit_article(_process_punctuation(pred))
+    if len(gts) == 1:
+        return float(pred == gts[0])
+    matches = sum(answer == pred for answer in gts)
+    return sum(min(1.0, (matches - (answer == pred)) / 3) for answer in gts) / len(gts)
+
+
+def vqa_scores(
+    predictions: Sequence[str], answers: Sequence[Sequence[str]], kinds: Sequence[str] | None = None
+) -> dict[str, float]:
+    """Mean :func:`vqa_accuracy` (0..1, not x100) as ``vqa_accuracy``, per kind as ``vqa_accuracy/<kind>``
+    (e.g. the VQAv2 answer types yes/no, number, other), and ``n``."""
+    if len(predictions) != len(answers) or (kinds is not None and len(kinds) != len(predictions)):
+        raise ValueError("predictions, answers (and kinds) must have the same length")
+    if not predictions:
+        return {"vqa_accuracy": float("nan"), "n": 0}
+    accs = [vqa_accuracy(pred, refs) for pred, refs in zip(predictions, answers, strict=True)]
+    out: dict[str, float] = {"vqa_accuracy": sum(accs) / len(accs)}
+    if kinds is not None:
+        per_kind: dict[str, list[float]] = defaultdict(list)
+        for kind, acc in zip(kinds, accs, strict=True):
+            per_kind[kind].append(acc)
+        for kind in sorted(per_kind):
+            out[f"vqa_accuracy/{kind}"] = sum(per_kind[kind]) / len(per_kind[kind])
+    out["n"] = len(accs)
+    return out
+
+
+def score(samples: Sequence[Sample], predictions: Sequence[str], config: Any) -> dict[str, float]:
+    """Exact-match accuracy (overall and per kind) and, with several answers per sample, VQAv2 accuracy."""
+    metrics = accuracy(samples, predictions)
+    if any(len(s.answers) > 1 for s in samples):
+        metrics.update(vqa_scores(predictions, [s.references for s in samples], [s.kind for s in samples]))
+    return metrics

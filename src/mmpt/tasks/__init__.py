@@ -1,4 +1,5 @@
-"""Tasks: how a run is evaluated. One function per task turns predictions into the papers' metrics.
+"""Tasks: how a run is evaluated. One module per task holds its scoring (and its own prediction machinery);
+this package picks the predictions and dispatches to the task.
 
 ==========  =================================================  =======================================
 task        predictions                                        metrics (``metrics.json`` keys)
@@ -14,43 +15,60 @@ refexp      generation of ``[x1, y1, x2, y2]`` (thousandths)   ``acc@0.5``, ``mi
 instruct    generation                                         ``accuracy``; with ``eval.mme``:
                                                                ``mme/acc``, ``mme/acc_plus``, ``mme/score``
 ==========  =================================================  =======================================
+
+Modules: :mod:`~mmpt.tasks.vqa` (VQAv2 accuracy, the answer head, candidate ranking), :mod:`~mmpt.tasks.caption`
+(COCO caption metrics, SCST), :mod:`~mmpt.tasks.ve`, :mod:`~mmpt.tasks.refexp`, :mod:`~mmpt.tasks.instruct`
+(MME), and :mod:`~mmpt.tasks.common` (images, batches, generation, exact-match accuracy).
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from torch import nn
 
-from mmpt.data import Sample, text_to_box
-from mmpt.evaluate import accuracy, classify, predict
+from mmpt.data import Sample
 from mmpt.methods import ATTACH_PREFIX
-from mmpt.metrics import caption_scores, grounding_scores, mme_scores, vqa_scores
-from mmpt.ranking import rank_candidates
 from mmpt.runconfig import EvalConfig
+from mmpt.tasks import caption, instruct, refexp, ve, vqa
+from mmpt.tasks.common import image_size, predict
+from mmpt.tasks.vqa import classify, rank_candidates
 
-MAIN_METRIC = {"vqa": "accuracy", "caption": "cider", "ve": "accuracy", "refexp": "acc@0.5", "instruct": "accuracy"}
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its scoring function, the metrics it reports, the one that picks the best checkpoint (higher is
+    better), the answers it ranks by default and its default beam count."""
+
+    name: str
+    score: Callable[[Sequence[Sample], Sequence[str], EvalConfig], dict[str, float]]
+    metrics: frozenset[str]
+    main_metric: str
+    candidates: tuple[str, ...] | None = None
+    num_beams: int = 1
+
+
+TASKS = {t.name: t for t in (
+    Task("vqa", vqa.score, frozenset({"accuracy", "vqa_accuracy"}), "accuracy"),
+    Task("caption", caption.score, frozenset({"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider",
+                                              "spice"}), "cider", num_beams=5),
+    Task("ve", ve.score, frozenset({"accuracy"}), "accuracy", candidates=ve.CANDIDATES),
+    Task("refexp", refexp.score, frozenset({"acc@0.5", "miou"}), "acc@0.5"),
+    Task("instruct", instruct.score, frozenset({"accuracy"}), "accuracy"),
+)}
+
+MAIN_METRIC = {name: t.main_metric for name, t in TASKS.items()}
 """The metric that picks the best checkpoint unless ``eval.metric`` names another (higher is better)."""
 
-TASK_METRICS = {
-    "vqa": {"accuracy", "vqa_accuracy"},
-    "caption": {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider", "spice"},
-    "ve": {"accuracy"},
-    "refexp": {"acc@0.5", "miou"},
-    "instruct": {"accuracy"},
-}
+TASK_METRICS = {name: set(t.metrics) for name, t in TASKS.items()}
 """Overall metrics each task can report (``eval.metric`` may also name a per-kind one, e.g. ``accuracy/color``)."""
 
-VE_CANDIDATES = ("yes", "maybe", "no")
-log = logging.getLogger("mmpt")
+VE_CANDIDATES = ve.CANDIDATES
 
 
 @dataclass
@@ -71,46 +89,13 @@ def candidates_of(config: EvalConfig, task: str) -> list[str] | None:
         value = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if value is not None:
         return list(value)
-    return list(VE_CANDIDATES) if task == "ve" else None
-
-
-def image_size(sample: Sample) -> tuple[int, int]:
-    """(width, height) of a sample's original image (from the reader, else read from the file)."""
-    if sample.image_size is not None:
-        return sample.image_size
-    if not isinstance(sample.image, Path | str):
-        return sample.image.shape[1], sample.image.shape[0]
-    with Image.open(sample.image) as im:
-        return im.size
+    own = TASKS[task].candidates
+    return list(own) if own is not None else None
 
 
 def task_metrics(task: str, samples: Sequence[Sample], predictions: Sequence[str], config: EvalConfig) -> dict[str, float]:
     """The task's metrics for ``predictions`` (one per sample, in order)."""
-    if task == "caption":
-        ids = [str(i) for i in range(len(samples))]
-        return caption_scores(
-            dict(zip(ids, predictions, strict=True)),
-            {i: list(s.references) for i, s in zip(ids, samples, strict=True)},
-            spice=config.spice,
-        )
-    if task == "refexp":
-        missing = [s.id for s in samples if s.box is None]
-        if missing:
-            raise ValueError(f"refexp evaluation needs a box per sample; {len(missing)} have none (e.g. {missing[0]})")
-        boxes = [text_to_box(p, image_size(s)) for s, p in zip(samples, predictions, strict=True)]
-        return grounding_scores(boxes, [s.box for s in samples])  # type: ignore[misc]
-    metrics = accuracy(samples, predictions)
-    if task == "vqa" and any(len(s.answers) > 1 for s in samples):
-        metrics.update(vqa_scores(predictions, [s.references for s in samples], [s.kind for s in samples]))
-    if task == "instruct" and config.mme:
-        records = [(s.kind or "all", str(s.image_id), p, s.target) for s, p in zip(samples, predictions, strict=True)]
-        per_image = Counter((r[0], r[1]) for r in records)
-        odd = sum(n != 2 for n in per_image.values())
-        if odd:
-            log.warning("MME scoring: %d of %d images do not have exactly 2 questions (accuracy+ needs the pair; "
-                        "keep data.eval_size: null)", odd, len(per_image))
-        metrics.update(mme_scores(records))
-    return metrics
+    return TASKS[task].score(samples, predictions, config)
 
 
 def predict_task(
@@ -130,7 +115,7 @@ def predict_task(
     if candidates is not None:
         return rank_candidates(model, processor, samples, candidates, config.batch_size, autocast, progress,
                                candidate_batch_size=config.candidate_batch_size)
-    beams = config.num_beams or (5 if task == "caption" else 1)
+    beams = config.num_beams or TASKS[task].num_beams
     return predict(model, processor, samples, config.batch_size, config.max_new_tokens, autocast, progress,
                    num_beams=beams)
 
@@ -162,3 +147,9 @@ def evaluate_task(
 def main_metric(task: str, config: EvalConfig) -> str:
     """The metric used to pick the best checkpoint."""
     return config.metric or MAIN_METRIC[task]
+
+
+__all__ = [
+    "MAIN_METRIC", "TASKS", "TASK_METRICS", "VE_CANDIDATES", "Evaluation", "Task", "candidates_of", "evaluate_task",
+    "evaluation", "image_size", "main_metric", "predict_task", "task_metrics",
+]

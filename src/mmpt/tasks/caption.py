@@ -1,4 +1,10 @@
-"""Self-critical sequence training (SCST, Rennie et al. 2017) with a CIDEr-D reward, as OFA uses for captions.
+"""Captioning: the COCO caption metrics and self-critical sequence training.
+
+Scoring: :func:`caption_scores`, BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (and optionally SPICE) through
+pycocoevalcap's scorers after its PTB tokenizer (Java); CIDEr-D as returned (1.2 is the 120 papers print).
+Predictions: beam search (``eval.num_beams``, default 5).
+
+Self-critical sequence training (SCST, Rennie et al. 2017) with a CIDEr-D reward, as OFA uses for captions.
 
 After cross-entropy training, the policy gradient of CIDEr-D is followed: for each image ``num_samples``
 captions are sampled (multinomial, full vocabulary), each is rewarded with its CIDEr-D against the image's
@@ -16,19 +22,27 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
+import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import precook
+from pycocoevalcap.meteor.meteor import Meteor
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.spice.spice import Spice
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 from torch import nn
 
 from mmpt.data import Sample
-from mmpt.evaluate import open_images
 from mmpt.models.vlm import IGNORE_INDEX, VLMProcessor
+from mmpt.tasks.common import open_images
 
 _PUNCTUATION = re.compile(r"[^\w\s]")
 Vector = tuple[list[dict[tuple[str, ...], float]], list[float], int]
@@ -269,3 +283,115 @@ def scst_loss(
     stats = {"reward": float(rewards.mean()), "baseline": float(base.mean()),
              "length": float(np.mean([len(s) for s in samples]))}
     return loss, stats
+
+
+JAVA_HINT = "caption metrics need Java (install with `sudo apt-get install -y default-jre-headless`)"
+
+def _stop_meteor(meteor: Any) -> None:
+    """End the METEOR Java process now (pycocoevalcap 1.2 only does it in ``__del__``, whenever GC runs)."""
+    proc = getattr(meteor, "meteor_p", None)
+    if proc is None:
+        return
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+    proc.kill()
+    proc.wait()
+    lock = getattr(meteor, "lock", None)
+    if lock is not None and lock.locked():  # an error in compute_score leaves it held; __del__ would block
+        lock.release()
+
+
+def _tokenize(captions: Mapping[Hashable, Sequence[str]]) -> dict[Hashable, list[str]]:
+    """PTB-tokenize (lower-case, punctuation dropped) ``{id: [text, ...]}`` in one Java call."""
+    # The tokenizer keeps one caption per line: any line break inside a caption (\r, \u2028 ...) would shift
+    # every later caption onto the wrong id. Collapsing whitespace changes no token.
+    cleaned = {key: [{"caption": " ".join(t.split())} for t in texts] for key, texts in captions.items()}
+    tokens = PTBTokenizer().tokenize(cleaned)
+    for key, texts in captions.items():
+        if len(tokens.get(key, [])) != len(texts):
+            raise RuntimeError(f"PTB tokenizer output does not line up with its input (id {key!r})")
+    return {key: tokens[key] for key in captions}
+
+
+def caption_scores(
+    predictions: dict[str, str], references: dict[str, list[str]], spice: bool = False
+) -> dict[str, float]:
+    """COCO caption metrics of one caption per id against that id's reference captions.
+
+    The pycocoevalcap scorers are called one by one, as ``COCOEvalCap.evaluate`` does (PTB tokenization of
+    predictions and references first), without needing a COCO object:
+
+    * ``bleu1`` .. ``bleu4``: corpus BLEU (clipped n-gram counts summed over ids, "closest" reference length
+      for the brevity penalty), 0..1.
+    * ``meteor``: METEOR 1.5 (Java subprocess, closed before returning), 0..1.
+    * ``rouge_l``: ROUGE-L F-measure (beta = 1.2), mean over ids, 0..1.
+    * ``cider``: pycocoevalcap's ``Cider`` is coco-caption's CIDEr-D: tf-idf n-gram (1..4) cosine with clipped
+      counts and a Gaussian length penalty (sigma = 6), times 10, idf taken from the references of *these*
+      ids. 1.2 here is the "120" of papers; one id alone always scores 0 (every idf is log(1) = 0).
+    * ``spice`` (only with ``spice=True``, and only when it works): SPICE needs Stanford CoreNLP, which
+      pycocoevalcap downloads on first use; when that (or SPICE itself) fails, a warning says why and the
+      other metrics are returned without ``spice``.
+    * ``n``: the number of ids.
+
+    Args:
+        predictions: ``{id: generated caption}``; an empty caption is allowed (it scores 0).
+        references: ``{id: [reference caption, ...]}`` with the same ids, at least one reference each.
+        spice: also compute SPICE.
+
+    Raises:
+        ValueError: the ids differ (the message names them) or an id has no reference.
+        RuntimeError: Java is not installed.
+    """
+    missing_refs = sorted(map(str, predictions.keys() - references.keys()))
+    missing_preds = sorted(map(str, references.keys() - predictions.keys()))
+    if missing_refs or missing_preds:
+        parts = []
+        if missing_refs:
+            parts.append(f"ids without references: {', '.join(missing_refs[:10])}")
+        if missing_preds:
+            parts.append(f"ids without a prediction: {', '.join(missing_preds[:10])}")
+        raise ValueError("predictions and references must have the same ids; " + "; ".join(parts))
+    empty = sorted(str(key) for key, refs in references.items() if not refs)
+    if empty:
+        raise ValueError(f"ids with an empty reference list: {', '.join(empty[:10])}")
+    names = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"]
+    if not predictions:
+        return {**{name: float("nan") for name in names}, "n": 0}
+    if shutil.which("java") is None:
+        raise RuntimeError(JAVA_HINT)
+
+    ids = list(predictions)
+    gts = _tokenize({key: references[key] for key in ids})
+    res = _tokenize({key: [predictions[key]] for key in ids})
+
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores = {f"bleu{k + 1}": float(bleu[k]) for k in range(4)}
+    meteor = Meteor()
+    try:
+        scores["meteor"] = float(meteor.compute_score(gts, res)[0])
+    finally:
+        _stop_meteor(meteor)
+    scores["rouge_l"] = float(Rouge().compute_score(gts, res)[0])
+    if any(ref for refs in gts.values() for ref in refs):
+        scores["cider"] = float(Cider().compute_score(gts, res)[0])
+    else:  # no reference n-gram at all: pycocoevalcap would fail on max() of an empty document frequency
+        scores["cider"] = 0.0
+    if spice:
+        try:
+            scores["spice"] = float(Spice().compute_score(gts, res)[0])
+        except Exception as exc:  # no CoreNLP download, Java error, ...: report, keep the other metrics
+            warnings.warn(
+                "SPICE skipped: it needs Stanford CoreNLP (downloaded by pycocoevalcap on first use; "
+                f"run once on a connected machine) — {exc!r}",
+                stacklevel=2,
+            )
+    scores["n"] = len(ids)
+    return scores
+
+
+def score(samples: Sequence[Sample], predictions: Sequence[str], config: Any) -> dict[str, float]:
+    """The COCO caption metrics of ``predictions`` against each sample's references."""
+    ids = [str(i) for i in range(len(samples))]
+    return caption_scores(dict(zip(ids, predictions, strict=True)),
+                          {i: list(s.references) for i, s in zip(ids, samples, strict=True)}, spice=config.spice)
