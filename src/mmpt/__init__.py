@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["methods", "models", "fit", "__version__"]
 __version__ = "0.1.0"
-_LAZY = ("methods", "models", "data")
+_LAZY = ("methods", "models", "data", "analysis", "tasks")
 
 
 def __getattr__(name: str) -> Any:
