@@ -123,9 +123,11 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         options.update(epsilons=args.eps, target=args.on)
     if args.analysis == "ablate":
         options.update(candidates=args.candidates, seed=args.seed)
-    folder = analyze(args.analysis, args.runs, model=args.model, config=args.config, out=args.out,
+    runs = [r for r in args.runs if "=" not in r]
+    overrides = [r for r in args.runs if "=" in r]  # key=value: overrides of the config the samples come from
+    folder = analyze(args.analysis, runs, model=args.model, config=args.config, out=args.out,
                      samples=args.samples, base=not args.no_base, smoke_mode=args.smoke,
-                     progress=not args.no_progress, **options)
+                     progress=not args.no_progress, overrides=overrides, **options)
     print((folder / f"{args.analysis}.md").read_text())
     print(f"mmpt: wrote {folder}")
     return 0
@@ -297,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
     p = sub.add_parser("analyze", help="the papers' analyses of runs: rank, fgsm, ablate, similarity")
     p.add_argument("analysis", choices=["rank", "fgsm", "ablate", "similarity"])
-    p.add_argument("runs", nargs="*", help="run folders (the base model is added as the reference)")
+    p.add_argument("runs", nargs="*", help="run folders (the base model is added as the reference), and key=value "
+                   "overrides of the config whose eval data and settings are used, e.g. eval.candidates=answers.txt")
     p.add_argument("--model", help="base model, without runs (with --config for the data)")
     p.add_argument("--config", help="config whose eval data to read (default: the first run's)")
     p.add_argument("--out", help="output folder (default: <output_dir>/analysis/<analysis>; never overwritten)")

@@ -157,6 +157,8 @@ def _truncation(subjects: Sequence[Subject], samples: Sequence[Sample], tower: s
     for subject in subjects:
         loaded = subject.loaded
         spec = loaded.family.tower(loaded.family.resolve([tower])[0])
+        clean = evaluate_task(task, loaded.model, loaded.processor, samples, config, progress=progress)
+        out.append({"subject": subject.label, "rank": "all", metric: clean.metrics[metric]})
         for r in ranks:
             with truncated_layer(loaded.model, spec.layers, layer, r):
                 value = evaluate_task(task, loaded.model, loaded.processor, samples, config, progress=progress)
@@ -195,9 +197,12 @@ def _plot_truncation(rows: list[dict[str, Any]], path: Path) -> None:
     metric = [k for k in rows[0] if k not in ("subject", "rank")][0]
     fig, ax = plt.subplots(figsize=(5, 4))
     for label in dict.fromkeys(r["subject"] for r in rows):
-        mine = [r for r in rows if r["subject"] == label]
-        ax.plot([r["rank"] for r in mine], [r[metric] for r in mine], marker="o", label=label)
-    ax.set(xscale="log", xlabel="rank r kept", ylabel=metric, title="rank truncation")
+        mine = [r for r in rows if r["subject"] == label and r["rank"] != "all"]
+        (line,) = ax.plot([r["rank"] for r in mine], [r[metric] for r in mine], marker="o", label=label)
+        for r in rows:
+            if r["subject"] == label and r["rank"] == "all":  # the untruncated model, for reference
+                ax.axhline(r[metric], color=line.get_color(), linestyle="--", linewidth=1)
+    ax.set(xscale="log", xlabel="rank r kept (dashed: all)", ylabel=metric, title="rank truncation")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

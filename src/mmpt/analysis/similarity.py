@@ -110,9 +110,10 @@ def _plot(maps: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(maps), 2, figsize=(9, 3.5 * len(maps)), squeeze=False)
+    scale = max(0.05, max(abs(v) for m in maps.values() for k in m.values() for row in k for v in row))
     for row, (label, by_kind) in zip(axes, maps.items(), strict=True):
-        for ax, kind in zip(row, ("image", "text"), strict=True):
-            shown = ax.imshow(by_kind[kind], aspect="auto", cmap="coolwarm", vmin=-1, vmax=1)
+        for ax, kind in zip(row, ("image", "text"), strict=True):  # one symmetric colour scale for all panels
+            shown = ax.imshow(by_kind[kind], aspect="auto", cmap="coolwarm", vmin=-scale, vmax=scale)
             ax.set(title=f"{label}: prefix keys vs {kind} tokens", xlabel="prefix position", ylabel="layer")
             fig.colorbar(shown, ax=ax)
     fig.tight_layout()
