@@ -179,12 +179,13 @@ def test_analyze_commands_write_json_csv_png_markdown(prefix_run, analysis, tmp_
     assert any(name.endswith(".png") for name in files)
     rows = json.loads((out / f"{analysis}.json").read_text())["rows"]
     assert {r["subject"] for r in rows} == ({"run"} if analysis == "similarity" else {"base", "run"})
-    if analysis == "fgsm":  # epsilon 0 is the clean evaluation: the same metric as the ablation's intact run
+    if analysis == "fgsm":  # epsilon 0 is the clean evaluation, whichever input is attacked
         clean = next(r["accuracy"] for r in rows if r["subject"] == "run" and r["epsilon"] == 0)
-        assert main(["analyze", "ablate", str(prefix_run), "--smoke", "--no-progress", "--no-base",
-                     "--out", str(tmp_path / "ablate")]) == 0
-        intact = json.loads((tmp_path / "ablate" / "ablate.json").read_text())["rows"][0]
-        assert intact["variant"] == "intact" and intact["accuracy"] == clean
+        assert main(["analyze", "fgsm", str(prefix_run), "--smoke", "--no-progress", "--no-base", "--on", "text",
+                     "--eps", "0,1.0", "--out", str(tmp_path / "text")]) == 0
+        text = json.loads((tmp_path / "text" / "fgsm.json").read_text())["rows"]
+        assert text[0]["epsilon"] == 0 and text[0]["accuracy"] == clean
+        assert "embedding units" in (tmp_path / "text" / "fgsm.md").read_text()
     if analysis == "ablate":
         variants = [r["variant"] for r in rows if r["subject"] == "run"]
         assert variants == ["intact", "prefix -> noise (same norm)", "prefix removed"]
@@ -219,11 +220,3 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
         assert row["mean"] == pytest.approx(sum(values) / 2)
     assert [r["method.length"] for r in rows] == ["1", "2"] and all(r["runs"] == 2 for r in rows)
 
-
-def test_text_fgsm_at_epsilon_zero_is_the_clean_metric(prefix_run, tmp_path):
-    for on in ("pixels", "text"):
-        assert main(["analyze", "fgsm", str(prefix_run), "--smoke", "--no-progress", "--no-base", "--on", on,
-                     "--eps", "0,1.0", "--out", str(tmp_path / on)]) == 0
-    rows = {on: json.loads((tmp_path / on / "fgsm.json").read_text())["rows"] for on in ("pixels", "text")}
-    assert rows["text"][0]["epsilon"] == 0 and rows["text"][0]["accuracy"] == rows["pixels"][0]["accuracy"]
-    assert "embedding units" in (tmp_path / "text" / "fgsm.md").read_text()

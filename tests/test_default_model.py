@@ -46,9 +46,17 @@ def test_quickstart_smoke(tmp_path):
     assert "![gallery](gallery.png)" in (run / "report.md").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["after"]["accuracy"] <= 1.0 and metrics["train"]["steps"] == 2
-    # a second run never overwrites the first
+    # the analyses on the default model (the suite's other analysis tests use tiny random models)
+    for analysis in ("rank", "fgsm"):
+        out = tmp_path / "analysis" / analysis
+        assert main(["analyze", analysis, str(run), "--smoke", "--samples", "2", "--no-progress", "--out", str(out),
+                     *(["--no-base"] if analysis == "fgsm" else [])]) == 0
+        rows = json.loads((out / f"{analysis}.json").read_text())["rows"]
+        assert {r["subject"] for r in rows} == ({"base", "quickstart"} if analysis == "rank" else {"quickstart"})
+        assert all(0 < r["effective_rank"] <= 1 for r in rows) if analysis == "rank" else len(rows) == 2
+    # a second run never overwrites the first (the same config on the random model: fast)
     assert main(["train", str(ROOT / "configs" / "quickstart.yaml"), "--smoke", "--no-progress",
-                 f"output_dir={tmp_path}"]) == 0
+                 f"output_dir={tmp_path}", "model.name=mmpt-tiny-random", "train.precision=fp32"]) == 0
     assert (tmp_path / "smoke" / "quickstart-2" / "metrics.json").is_file()
 
 
@@ -64,3 +72,12 @@ def test_pt_peft_stages_smoke(tmp_path):
     first, second = (s["parameters"]["trainable"] for s in metrics["stages"])
     assert second > first  # LoRA adds trainable parameters; the prefix keeps training
     assert (run / "prefix.safetensors").is_file() and (run / "lora.safetensors").is_file()
+    # PT-PEFT's ablation and prefix similarity on the default model: the prefix goes, LoRA stays
+    for analysis in ("ablate", "similarity"):
+        out = tmp_path / "analysis" / analysis
+        assert main(["analyze", analysis, str(run), "--smoke", "--samples", "2", "--no-base", "--no-progress",
+                     "--out", str(out)]) == 0
+    variants = [r["variant"] for r in json.loads((tmp_path / "analysis" / "ablate" / "ablate.json").read_text())["rows"]]
+    assert variants == ["intact", "prefix -> noise (same norm)", "prefix removed"]
+    layers = json.loads((tmp_path / "analysis" / "similarity" / "similarity.json").read_text())["rows"]
+    assert len(layers) == 30 and all(-1 <= r["image_mean"] <= 1 for r in layers)  # SmolLM2-135M: 30 layers
