@@ -172,13 +172,14 @@ def test_cost_is_recorded(prefix_run):
 def test_analyze_commands_write_json_csv_png_markdown(prefix_run, analysis, tmp_path, capsys):
     extra = {"rank": ["--truncate", "1,4"], "ablate": ["--candidates", "answers"], "fgsm": ["--eps", "0,0.05"]}
     out = tmp_path / analysis
-    assert main(["analyze", analysis, str(prefix_run), "--smoke", "--no-progress", "--out", str(out),
+    base = [] if analysis in ("rank", "fgsm") else ["--no-base"]  # ablate/similarity: the run alone suffices
+    assert main(["analyze", analysis, str(prefix_run), "--smoke", "--no-progress", "--out", str(out), *base,
                  *extra.get(analysis, [])]) == 0
     files = {p.name for p in out.iterdir()}
     assert {f"{analysis}.json", f"{analysis}.csv", f"{analysis}.md", "analysis.json", "manifest.json"} <= files
     assert any(name.endswith(".png") for name in files)
     rows = json.loads((out / f"{analysis}.json").read_text())["rows"]
-    assert {r["subject"] for r in rows} == ({"run"} if analysis == "similarity" else {"base", "run"})
+    assert {r["subject"] for r in rows} == ({"base", "run"} if analysis in ("rank", "fgsm") else {"run"})
     if analysis == "fgsm":  # epsilon 0 is the clean evaluation, whichever input is attacked
         clean = next(r["accuracy"] for r in rows if r["subject"] == "run" and r["epsilon"] == 0)
         assert main(["analyze", "fgsm", str(prefix_run), "--smoke", "--no-progress", "--no-base", "--on", "text",
@@ -201,22 +202,24 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
     overrides = dict(item.split("=", 1) for item in TINY)
     config.write_text(yaml.safe_dump({"name": "sw", "output_dir": str(tmp_path / "runs"),
                                       "method": {"name": "prefix", "length": 2}}))
-    grid = ["method.length=1,2", "seed=0,1", *(f"{k}={v}" for k, v in overrides.items())]
+    grid = ["seed=0,1", *(f"{k}={v}" for k, v in overrides.items())]
     assert main(["sweep", str(config), *grid, "--smoke", "--no-progress"]) == 0
-    folder = tmp_path / "runs" / "smoke" / "sweep-sw-method.length-seed"
+    folder = tmp_path / "runs" / "smoke" / "sweep-sw-seed"
     runs = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    assert runs == ["sw-length=1-seed=0", "sw-length=1-seed=1", "sw-length=2-seed=0", "sw-length=2-seed=1"]
-    first = capsys.readouterr().out
-    assert "mean" in first and "![sweep]" in first
+    assert runs == ["sw-seed=0", "sw-seed=1"]
+    assert "mean" in capsys.readouterr().out
     assert main(["sweep", str(config), *grid, "--smoke", "--no-progress"]) == 0
-    assert capsys.readouterr().out.count("finished before, reused") == 4
+    assert capsys.readouterr().out.count("finished before, reused") == 2
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == runs
-    from mmpt.sweep import summarize
+    from mmpt.sweep import parse_grid, plot_sweep, summarize
 
-    rows, metric = summarize(folder)
-    for row in rows:
-        values = [json.loads((folder / f"sw-length={row['method.length']}-seed={s}" / "metrics.json").read_text())
-                  ["after"][metric] for s in (0, 1)]
-        assert row["mean"] == pytest.approx(sum(values) / 2)
-    assert [r["method.length"] for r in rows] == ["1", "2"] and all(r["runs"] == 2 for r in rows)
-
+    (rows, metric) = summarize(folder)
+    values = [json.loads((folder / f"sw-seed={s}" / "metrics.json").read_text())["after"][metric] for s in (0, 1)]
+    assert len(rows) == 1 and rows[0]["runs"] == 2 and rows[0]["mean"] == pytest.approx(sum(values) / 2)
+    assert rows[0]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert parse_grid(["method.length=8,16", "seed=0,1", "train.lr=0.1"]) == (
+        {"method.length": ["8", "16"], "seed": ["0", "1"]}, ["train.lr=0.1"])
+    grid_rows = [{"method.length": str(n), "runs": 2, "missing": 0, "mean": m, "std": 0.1}
+                 for n, m in ((8, 0.5), (16, 0.7))]
+    plot_sweep(grid_rows, "accuracy", tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 1000

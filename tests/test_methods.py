@@ -197,10 +197,20 @@ def test_input_prompts_refused_where_generate_refeeds_cache():
         methods.apply(loaded, PromptConfig(length=2))
 
 
-def test_decoder_deep_prompts_must_start_at_layer_0():
+def test_decoder_deep_prompts_from_layer_1_leave_layer_0_alone():
     loaded = make_tiny()
-    with pytest.raises(ValueError, match="Include layer 0"):
-        methods.apply(loaded, DeepPromptConfig(length=2, tower="lm", layers=[1]))
+    layers = loaded.model.language_model.model.layers
+    seen = []
+    handle = layers[0].register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+    batch = loaded.processor([torch.zeros(3, 224, 224)], ["What color?"])
+    with torch.no_grad():
+        base = loaded.model(**batch).logits
+        method = methods.apply(loaded, DeepPromptConfig(length=2, tower="lm", layers=[1], init_scale=1.0))
+        prompted = loaded.model(**batch).logits
+    handle.remove()
+    assert torch.equal(seen[0], seen[1])  # no prompt below the first chosen layer
+    assert not torch.allclose(prompted, base)
+    method.remove()
     methods.apply(loaded, DeepPromptConfig(length=2, tower="lm", layers=[0, 1])).remove()
 
 

@@ -739,8 +739,8 @@ def test_file_level_errors(tmp_path: Path) -> None:
         read_jsonl(path, tmp_path, on_error="ignore")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="limit"):
         read_jsonl(path, tmp_path, limit=0)
-    with pytest.raises(ValueError, match=r"it may use only \{hypothesis\}"):
-        read_snli_ve(path, tmp_path, prompt_template="{premise}")
+    with pytest.raises(ValueError, match=r"it may use only \{hypothesis\}, \{premise\}"):
+        read_snli_ve(path, tmp_path, prompt_template="{caption}")
 
 
 def test_unreadable_images_stop_or_are_skipped(tmp_path: Path) -> None:

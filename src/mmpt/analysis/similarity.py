@@ -43,13 +43,24 @@ def captured_keys(modules: Sequence[nn.Module]) -> Iterator[list[list[torch.Tens
     captured: list[list[torch.Tensor]] = [[] for _ in modules]
     handles = []
     for i, module in enumerate(modules):
-        k_proj, _ = projections(module)
+        k_proj = key_projection(module)
         handles.append(k_proj.register_forward_hook(lambda m, a, out, i=i: captured[i].append(out.detach().float())))
     try:
         yield captured
     finally:
         for h in handles:
             h.remove()
+
+
+def key_projection(module: nn.Module) -> nn.Module:
+    """The key projection of an attention module, as the model calls it (a LoRA-wrapped one included: the keys
+    then carry the LoRA update, as the model's own do)."""
+    for name in ("k_proj", "key"):
+        found = getattr(module, name, None)
+        if isinstance(found, nn.Module):
+            return found
+    projections(module)  # raises the error naming what the module has instead
+    raise AssertionError("unreachable")
 
 
 def key_similarity(prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
