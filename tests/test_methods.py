@@ -238,7 +238,8 @@ def test_untrained_decoder_deep_prompts_equal_shallow_prompts(images):
     shallow = methods.apply(loaded, PromptConfig(length=3))
     with torch.no_grad():
         shallow.prompt.copy_(first)
-        assert torch.allclose(loaded.model(**batch).logits, deep_logits, atol=1e-5)
+        # equal up to fp32 rounding: the propagated prompts were computed alone, the shallow ones inside the batch
+        torch.testing.assert_close(loaded.model(**batch).logits, deep_logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
