@@ -211,6 +211,11 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
     assert main(["sweep", str(config), *grid, "--smoke", "--no-progress"]) == 0
     assert capsys.readouterr().out.count("finished before, reused") == 2
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == runs
+    assert main(["sweep", str(config), *grid, "train.lr=0.01", "--smoke", "--no-progress"]) == 2  # not reused
+    assert "trained with other settings: train.lr (0.05 -> 0.01)" in capsys.readouterr().err
+    # a sweep's run folder (its name holds '=') is a run for mmpt analyze, not an override
+    assert main(["analyze", "rank", str(folder / "sw-seed=0"), "--smoke", "--no-progress", "--no-base",
+                 "--out", str(tmp_path / "rank")]) == 0
     from mmpt.sweep import parse_grid, plot_sweep, summarize
 
     (rows, metric) = summarize(folder)

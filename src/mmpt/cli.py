@@ -123,8 +123,9 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         options.update(epsilons=args.eps, target=args.on)
     if args.analysis == "ablate":
         options.update(candidates=args.candidates, seed=args.seed)
-    runs = [r for r in args.runs if "=" not in r]
-    overrides = [r for r in args.runs if "=" in r]  # key=value: overrides of the config the samples come from
+    # a folder is a run (sweep runs have '=' in their names); other key=value words override the samples' config
+    runs = [r for r in args.runs if "=" not in r or Path(r).is_dir()]
+    overrides = [r for r in args.runs if r not in runs]
     folder = analyze(args.analysis, runs, model=args.model, config=args.config, out=args.out,
                      samples=args.samples, base=not args.no_base, smoke_mode=args.smoke,
                      progress=not args.no_progress, overrides=overrides, **options)

@@ -23,7 +23,8 @@ def run_cost(parameters: dict[str, Any], train: dict[str, Any], wall_seconds: fl
              device: str) -> dict[str, Any]:
     """The ``cost`` section of ``metrics.json``.
 
-    ``wall_seconds`` covers the whole run (loading, evaluations, saving); ``train_seconds`` the optimizer steps.
+    ``wall_seconds`` covers the run in this process (loading, evaluations, training, saving; a resumed run counts
+    from its resume); ``train_seconds`` the optimizer steps of every stage.
     ``gpu_hours`` (OFA's cost measure) is ``wall_seconds x processes / 3600`` when the run used GPUs, else absent.
     """
     samples = train.get("samples", 0)

@@ -73,11 +73,17 @@ def run_sweep(config_path: str | Path, grid: Sequence[str], smoke_mode: bool = F
         from dataclasses import replace
 
         configs = [replace(c, output_dir=str(folder)) for c in configs]
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sweep: grid points share a run name ({names[0]}...; names are cut to 100 characters): "
+                          "give the config a shorter name")
     folder.mkdir(parents=True, exist_ok=True)
     _record(folder, config_path, axes, fixed, points, configs, smoke_mode)
     for n, config in enumerate(configs, 1):
         run_dir = folder / config.name
         where = f"mmpt sweep: run {n}/{len(points)} {config.name}"
+        if (run_dir / "config.yaml").is_file():
+            _check_same(run_dir, config)
         if (run_dir / "metrics.json").is_file():
             print(f"{where}: finished before, reused")
             continue
@@ -91,6 +97,23 @@ def run_sweep(config_path: str | Path, grid: Sequence[str], smoke_mode: bool = F
         print(f"{where}")
         run(config, progress=progress)
     return folder
+
+
+def _check_same(run_dir: Path, config: Any) -> None:
+    """A run folder of the sweep must have been trained with this point's config (fixed overrides and the config
+    file included); otherwise reusing it would mix settings in one table."""
+    from mmpt.config import to_dict
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix[:-1]: d}
+        return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+    was, now = flat(to_dict(load_run_config(run_dir / "config.yaml"))), flat(to_dict(config))
+    differ = [f"{k} ({was.get(k)!r} -> {now.get(k)!r})" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+    if differ:
+        raise ConfigError(f"sweep: {run_dir} was trained with other settings: {', '.join(differ[:5])}; sweep into "
+                          "another output_dir, or move that run away")
 
 
 def _aside(run_dir: Path) -> Path:

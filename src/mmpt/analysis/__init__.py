@@ -63,7 +63,11 @@ def analyze(
     run_config = analysis_config(runs, config, overrides, smoke_mode)
     count = min(samples, 4) if smoke_mode else samples
     chosen = analysis_samples(run_config, count)
-    subjects = load_subjects(runs, model or (run_config.model.name if not runs else None), base)
+    from mmpt.runconfig import model_kwargs
+
+    base_model = model or (run_config.model.name if not runs else None)
+    settings = model_kwargs(run_config.model) if base_model == run_config.model.name else {}  # e.g. its projector
+    subjects = load_subjects(runs, base_model, base, settings)
     eval_config = run_config.eval
     if name == "rank":
         result = analyze_rank(subjects, chosen, task=run_config.task, eval_config=eval_config, progress=progress,

@@ -30,7 +30,7 @@ def noise_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     """Gaussian noise with ``tensor``'s shape whose every ``(tokens, width)`` matrix (last two dims) has the norm of
     the same matrix of ``tensor``."""
     noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
-    source = tensor.detach().double()
+    source = tensor.detach().double().cpu()  # the noise is drawn on the CPU (a CPU generator)
     if tensor.ndim < 2:
         return (noise * source.norm() / noise.norm()).to(tensor.dtype)
     target = source.norm(dim=(-2, -1), keepdim=True)

@@ -122,10 +122,12 @@ def write_result(result: Result, out_dir: str | Path) -> Path:
     return out
 
 
-def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bool = True) -> list[Subject]:
+def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bool = True,
+                  model_settings: dict[str, Any] | None = None) -> list[Subject]:
     """The base model (unless ``base`` is False) and one subject per run folder, all on one base model.
 
-    ``model`` is needed only without runs; runs must share their base model (their methods fit nothing else).
+    ``model`` (and its load settings, ``model_settings``: see :func:`mmpt.runconfig.model_kwargs`) is needed only
+    without runs; runs must share their base model (their methods fit nothing else) and bring their own settings.
     """
     from mmpt import methods
     from mmpt.inference import load_with_run, model_kwargs, run_methods
@@ -142,7 +144,7 @@ def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bo
     elif model is None:
         raise ConfigError("give run folders, or --model (and --config for the data) to analyze a base model alone")
     else:
-        kwargs = {}
+        kwargs = dict(model_settings or {})
     subjects = [Subject("base", load_with_run(model, None, **kwargs))] if base else []
     for run in runs:
         run_dir = Path(run)

@@ -200,7 +200,7 @@ def analyze_fgsm(subjects: Sequence[Subject], samples: Sequence[Sample], epsilon
                  eval_config: Any, batch_size: int = 8, progress: bool = True, target: str = "pixels") -> Result:
     """The task metric of every subject on images (or, with ``target="text"``, prompts) attacked with each
     epsilon."""
-    from mmpt.tasks import evaluate_task, main_metric
+    from mmpt.tasks import evaluate_task, image_size, main_metric
 
     if target not in ("pixels", "text"):
         raise ValueError(f"fgsm target must be pixels or text, got {target!r}")
@@ -229,7 +229,7 @@ def analyze_fgsm(subjects: Sequence[Subject], samples: Sequence[Sample], epsilon
                 key = perturb(pixels, direction, eps, normalization)
                 key = key.clone()  # a distinct object per sample and epsilon: the processor looks it up by id
                 table[id(key)] = (image, key)
-                keyed.append(replace(sample, image=key))
+                keyed.append(replace(sample, image=key, image_size=image_size(sample)))  # boxes: the original size
             result = evaluate_task(task, loaded.model, _PixelOverride(loaded.processor, table), keyed, eval_config,
                                    progress=progress)
             rows.append({"subject": subject.label, "epsilon": eps, metric: result.metrics[metric]})

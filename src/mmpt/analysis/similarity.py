@@ -78,6 +78,9 @@ def analyze_similarity(subjects: Sequence[Subject], samples: Sequence[Sample], t
         if method is None:
             continue
         name = subject.loaded.family.resolve([tower])[0]
+        if name not in subject.loaded.family.resolve(["lm"]):
+            raise ValueError(f"similarity compares prefix keys with the image and word tokens of the language model's "
+                             f"sequence; tower '{tower}' is not it (use --tower lm)")
         keys, modules = prefix_keys(method, name)
         sums = {k: torch.zeros(keys.shape[:2], dtype=torch.float64) for k in ("image", "text")}
         counts = {"image": 0, "text": 0}
@@ -92,7 +95,7 @@ def analyze_similarity(subjects: Sequence[Subject], samples: Sequence[Sample], t
                 token_keys = calls[0][:, -image.shape[1]:]  # positions added by prompt methods come first
                 for i in range(len(chunk)):
                     for kind, mask in (("image", image[i]), ("text", text[i])):
-                        sim = key_similarity(keys[layer], token_keys[i][mask]).double()
+                        sim = key_similarity(keys[layer], token_keys[i][mask]).double().cpu()
                         sums[kind][layer] += sim.sum(-1)
                         peak[kind][layer] = max(peak[kind][layer], sim.max())
                         if layer == 0:

@@ -61,6 +61,8 @@ class M2PTConfig(MethodConfig):
         check_range(self, "image_size", 8, MAX_IMAGE_SIZE)
         check_range(self, "frame_width", 1, (self.image_size - 1) // 2,
                     fix=f"the frame must leave an image inside image_size={self.image_size} px")
+        check(self.interaction == "projector" or self.train_projector,
+              "interaction: 'linear' is a trained interaction layer; it needs train_projector: true")
         check(self.visual_length + self.text_length > 0 or self.train_projector,
               f"visual_length: m2pt has nothing to train, got visual_length={self.visual_length}, text_length="
               f"{self.text_length}, train_projector=false; give a prompt length or train_projector: true")
