@@ -7,15 +7,19 @@ from pathlib import Path
 from mmpt.runconfig import RunConfig
 
 
+def fresh_dir(path: Path) -> Path:
+    """Create ``path``, or ``path-2``, ``path-3``... when it exists (what is there is never overwritten)."""
+    out, k = path, 1
+    while out.exists():
+        k += 1
+        out = path.with_name(f"{path.name}-{k}")
+    out.mkdir(parents=True)
+    return out
+
+
 def unique_run_dir(config: RunConfig) -> Path:
     """``output_dir/name``, or ``name-2``, ``name-3``... when it exists: earlier runs are never overwritten."""
-    base = Path(config.output_dir) / config.name
-    path, k = base, 1
-    while path.exists():
-        k += 1
-        path = base.with_name(f"{config.name}-{k}")
-    path.mkdir(parents=True)
-    return path
+    return fresh_dir(Path(config.output_dir) / config.name)
 
 
 def fresh_file(path: Path) -> Path:

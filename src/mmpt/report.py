@@ -74,6 +74,30 @@ Files: `config.yaml` (resolved config), `metrics.json`, `<method>.safetensors` (
     return table
 
 
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Rows as a markdown table (floats with 4 decimals, None as ``-``)."""
+    if not rows:
+        return "(no rows)"
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """``rows`` as a CSV file (header: every key, in order of first appearance)."""
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _cost_line(cost: dict[str, Any]) -> str:
     if not cost:
         return "not recorded"
@@ -159,23 +183,12 @@ def _relative(path: Path, out: Path | None) -> str:
 def sweep_section(folder: Path, out: Path | None = None) -> str:
     """A sweep's mean ± std table over seeds (also written as ``sweep.csv``), its plot (``sweep.png``) and the
     table of its runs."""
-    import csv
-
-    from mmpt.sweep import plot_sweep, summarize
+    from mmpt.sweep import plot_sweep, summarize, swept_keys
 
     rows, metric = summarize(folder)
-    with open(folder / "sweep.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    keys = list(rows[0])
-    lines = [f"## Sweep `{folder.name}`: {metric}, mean ± std over seeds", "",
-             "| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    for r in rows:
-        lines.append("| " + " | ".join("-" if r[k] is None else f"{r[k]:.4f}" if isinstance(r[k], float) else str(r[k])
-                                       for k in keys) + " |")
-    plotted = any(r["mean"] is not None for r in rows) and len(keys) > 4
-    if plotted:
+    write_rows(folder / "sweep.csv", rows)
+    lines = [f"## Sweep `{folder.name}`: {metric}, mean ± std over seeds", "", markdown_table(rows)]
+    if any(r["mean"] is not None for r in rows) and swept_keys(rows):  # seeds alone: nothing to plot against
         plot_sweep(rows, metric, folder / "sweep.png")
         lines += ["", f"![sweep]({_relative(folder / 'sweep.png', out)})"]
     finished = sorted(p.parent for p in folder.glob("*/metrics.json"))

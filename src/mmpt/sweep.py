@@ -177,6 +177,14 @@ def summarize(folder: Path, metric: str | None = None) -> tuple[list[dict[str, A
     return rows, metric or "metric"
 
 
+SUMMARY_KEYS = ("runs", "missing", "mean", "std")
+
+
+def swept_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The swept config keys (other than ``seed``) of :func:`summarize`'s rows."""
+    return [k for k in rows[0] if k not in SUMMARY_KEYS]
+
+
 def plot_sweep(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     """Mean ± std of ``metric`` against the first swept value (one line per value of the others)."""
     import matplotlib
@@ -184,10 +192,10 @@ def plot_sweep(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in rows[0] if k not in ("runs", "missing", "mean", "std")]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    keys = swept_keys(rows)
     if not keys:
         raise ValueError("a sweep over seeds only has nothing to plot against")
+    fig, ax = plt.subplots(figsize=(5, 4))
     x_key, others = keys[0], keys[1:]
     for line in dict.fromkeys(tuple(r[k] for k in others) for r in rows):
         mine = [r for r in rows if tuple(r[k] for k in others) == line and r["mean"] is not None]

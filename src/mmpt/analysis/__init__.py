@@ -17,6 +17,7 @@ and returns a :class:`~mmpt.analysis.common.Result`; :func:`write_result` writes
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ def analyze(
     from mmpt.analysis.rank import analyze_rank
     from mmpt.analysis.similarity import analyze_similarity
     from mmpt.config import ConfigError
+    from mmpt.runconfig import model_kwargs
     from mmpt.tasks import candidates_of
 
     if name not in ANALYSES:
@@ -63,8 +65,6 @@ def analyze(
     run_config = analysis_config(runs, config, overrides, smoke_mode)
     count = min(samples, 4) if smoke_mode else samples
     chosen = analysis_samples(run_config, count)
-    from mmpt.runconfig import model_kwargs
-
     base_model = model or (run_config.model.name if not runs else None)
     settings = model_kwargs(run_config.model) if base_model == run_config.model.name else {}  # e.g. its projector
     subjects = load_subjects(runs, base_model, base, settings)
@@ -76,12 +76,12 @@ def analyze(
         epsilons = options.pop("epsilons", None) or ([0.0, 0.03] if smoke_mode else [0.0, 0.005, 0.01, 0.02, 0.05])
         result = analyze_fgsm(subjects, chosen, epsilons, run_config.task, eval_config, progress=progress, **options)
     elif name == "ablate":
-        choice = options.pop("candidates", None)
+        choice = options.pop("candidates", None)  # "answers", an answer file, or None: the run's eval.candidates
         if choice == "answers":
             candidates: list[str] | None = sorted({s.target for s in chosen})
         else:
-            candidates = candidates_of(eval_config, run_config.task) if choice is None else [
-                line.strip() for line in Path(choice).read_text().splitlines() if line.strip()]
+            chosen_config = eval_config if choice is None else replace(eval_config, candidates=choice)
+            candidates = candidates_of(chosen_config, run_config.task)
         result = analyze_ablate(subjects, chosen, run_config.task, eval_config, candidates, progress=progress,
                                 **options)
     else:

@@ -8,7 +8,6 @@ and returns a :class:`Result`, which :func:`write_result` turns into a folder of
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,8 +21,10 @@ from torch import nn
 from mmpt.config import ConfigError
 from mmpt.data import Sample
 from mmpt.models import LoadedModel
-from mmpt.models.family import blocks, get_submodule
-from mmpt.runconfig import RunConfig, load_run_config
+from mmpt.models.family import get_submodule
+from mmpt.paths import fresh_dir
+from mmpt.report import markdown_table, write_rows
+from mmpt.runconfig import RunConfig, load_run_config, model_kwargs
 
 PROMPT_METHODS = ("prompt", "deep_prompt", "m2pt", "visual_prompt")
 """Methods that add tokens to a tower's sequence (their positions are not the input's tokens)."""
@@ -63,20 +64,6 @@ class Result:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
-def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Rows as a markdown table (floats with 4 decimals)."""
-    if not rows:
-        return "(no rows)"
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-
-    def cell(v: Any) -> str:
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
-    lines += ["| " + " | ".join(cell(r.get(k, "")) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def section(result: Result) -> str:
     """The markdown section of a result: settings, table, plots, notes."""
     settings = ", ".join(f"{k}={v}" for k, v in result.settings.items())
@@ -85,16 +72,6 @@ def section(result: Result) -> str:
     tables = "".join(f"{title}:\n\n{markdown_table(rows)}\n\n" for title, rows in result.tables.items() if rows)
     return (f"## Analysis: {result.name}\n\nSettings: {settings}\n\n{markdown_table(result.rows)}\n\n{tables}"
             f"{plots}{notes}")
-
-
-def fresh_dir(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``... when it exists (earlier analyses are never overwritten)."""
-    out, k = path, 1
-    while out.exists():
-        k += 1
-        out = path.with_name(f"{path.name}-{k}")
-    out.mkdir(parents=True)
-    return out
 
 
 def write_result(result: Result, out_dir: str | Path) -> Path:
@@ -108,11 +85,7 @@ def write_result(result: Result, out_dir: str | Path) -> Path:
     written = ["analysis.json", f"{result.name}.json"]
     for file, rows in ((f"{result.name}.csv", result.rows),
                        *((f"{result.name}_{t.replace(' ', '_')}.csv", r) for t, r in result.tables.items() if r)):
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(out / file, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_rows(out / file, rows)
         written.append(file)
     for name, draw in result.plots.items():
         draw(out / name)
@@ -130,9 +103,12 @@ def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bo
     without runs; runs must share their base model (their methods fit nothing else) and bring their own settings.
     """
     from mmpt import methods
-    from mmpt.inference import load_with_run, model_kwargs, run_methods
+    from mmpt.inference import load_with_run, run_methods
 
-    configs = [load_run_config(Path(r) / "config.yaml") for r in runs if _is_run(Path(r))]
+    for run in runs:
+        if not (Path(run) / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run} is not an mmpt run folder (no config.yaml)")
+    configs = [load_run_config(Path(r) / "config.yaml") for r in runs]
     names = {c.model.name for c in configs}
     if len(names) > 1:
         raise ConfigError(f"the runs were trained on different base models ({', '.join(sorted(names))}); "
@@ -155,12 +131,6 @@ def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bo
     if not subjects:
         raise ConfigError("nothing to analyze: give run folders or keep the base model")
     return subjects
-
-
-def _is_run(path: Path) -> bool:
-    if not (path / "config.yaml").is_file():
-        raise FileNotFoundError(f"{path} is not an mmpt run folder (no config.yaml)")
-    return True
 
 
 def analysis_config(runs: Sequence[str | Path], config: str | Path | None, overrides: Sequence[str] = (),
@@ -251,7 +221,6 @@ def tower_features(subject: Subject, batch: dict[str, torch.Tensor], tower: str,
         raise ValueError(f"tower '{name}' of {loaded.family.name} is a CNN: it has no token features to analyze")
     if spec.packed:
         raise ValueError(f"tower '{name}' of {loaded.family.name} packs all images into one sequence; analyze the lm")
-    blocks(loaded.model, spec)
     with torch.no_grad(), captured_output(loaded.model, spec.layers, layer) as outputs:
         loaded.model(**batch, use_cache=False)
     if not outputs:

@@ -68,8 +68,6 @@ MAIN_METRIC = {name: t.main_metric for name, t in TASKS.items()}
 TASK_METRICS = {name: set(t.metrics) for name, t in TASKS.items()}
 """Overall metrics each task can report (``eval.metric`` may also name a per-kind one, e.g. ``accuracy/color``)."""
 
-VE_CANDIDATES = ve.CANDIDATES
-
 
 @dataclass
 class Evaluation:
@@ -150,6 +148,6 @@ def main_metric(task: str, config: EvalConfig) -> str:
 
 
 __all__ = [
-    "MAIN_METRIC", "TASKS", "TASK_METRICS", "VE_CANDIDATES", "Evaluation", "Task", "candidates_of", "evaluate_task",
+    "MAIN_METRIC", "TASKS", "TASK_METRICS", "Evaluation", "Task", "candidates_of", "evaluate_task",
     "evaluation", "image_size", "main_metric", "predict_task", "task_metrics",
 ]
