@@ -228,3 +228,18 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
                  for n, m in ((8, 0.5), (16, 0.7))]
     plot_sweep(grid_rows, "accuracy", tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def test_bad_analysis_options_stop_with_one_line(prefix_run, tmp_path, capsys):
+    for options, message in ((["--eps", "0,-0.1"], "--eps: give epsilons >= 0"),
+                             (["--threshold", "1.5"], "--threshold must be in (0, 1]"),
+                             (["--samples", "0"], "--samples must be at least 1")):
+        analysis = "fgsm" if "--eps" in options else "rank"
+        assert main(["analyze", analysis, str(prefix_run), "--no-progress", "--no-base", *options,
+                     "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    # key=value after the flags overrides the config too
+    assert main(["analyze", "rank", str(prefix_run), "--smoke", "--no-progress", "--no-base", "--out",
+                 str(tmp_path / "r"), "eval.batch_size=2"]) == 0

@@ -125,7 +125,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         options.update(candidates=args.candidates, seed=args.seed)
     # a folder is a run (sweep runs have '=' in their names); other key=value words override the samples' config
     runs = [r for r in args.runs if "=" not in r or Path(r).is_dir()]
-    overrides = [r for r in args.runs if r not in runs]
+    overrides = [*(r for r in args.runs if r not in runs), *args.overrides]  # key=value before or after flags
     folder = analyze(args.analysis, runs, model=args.model, config=args.config, out=args.out,
                      samples=args.samples, base=not args.no_base, smoke_mode=args.smoke,
                      progress=not args.no_progress, overrides=overrides, **options)
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="ablate: seed of the noise")
     p.add_argument("--smoke", action="store_true", help="4 samples, smallest options: seconds")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=_cmd_analyze)
+    p.set_defaults(func=_cmd_analyze, overrides=[])
     p = sub.add_parser("sweep", help="a grid of runs over config values and seeds (existing runs reused)")
     p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
     p.add_argument("grid", nargs="+", help="key=v1,v2,... (one value: a plain override), e.g. method.length=8,16 seed=0,1")
