@@ -170,10 +170,11 @@ def test_cost_is_recorded(prefix_run):
 
 @pytest.mark.parametrize("analysis", ["rank", "fgsm", "ablate", "similarity"])
 def test_analyze_commands_write_json_csv_png_markdown(prefix_run, analysis, tmp_path, capsys):
-    extra = {"rank": ["--truncate", "1,4"], "ablate": ["--candidates", "answers"], "fgsm": ["--eps", "0,0.05"]}
+    extra = {"rank": ["--truncate", "2"], "ablate": ["--candidates", "answers"], "fgsm": ["--eps", "0,0.05"]}
     out = tmp_path / analysis
     base = [] if analysis in ("rank", "fgsm") else ["--no-base"]  # ablate/similarity: the run alone suffices
-    assert main(["analyze", analysis, str(prefix_run), "--smoke", "--no-progress", "--out", str(out), *base,
+    assert main(["analyze", analysis, str(prefix_run), "--smoke", "--samples", "2", "--no-progress", "--out", str(out),
+                 *base,
                  *extra.get(analysis, [])]) == 0
     files = {p.name for p in out.iterdir()}
     assert {f"{analysis}.json", f"{analysis}.csv", f"{analysis}.md", "analysis.json", "manifest.json"} <= files
@@ -182,7 +183,8 @@ def test_analyze_commands_write_json_csv_png_markdown(prefix_run, analysis, tmp_
     assert {r["subject"] for r in rows} == ({"base", "run"} if analysis in ("rank", "fgsm") else {"run"})
     if analysis == "fgsm":  # epsilon 0 is the clean evaluation, whichever input is attacked
         clean = next(r["accuracy"] for r in rows if r["subject"] == "run" and r["epsilon"] == 0)
-        assert main(["analyze", "fgsm", str(prefix_run), "--smoke", "--no-progress", "--no-base", "--on", "text",
+        assert main(["analyze", "fgsm", str(prefix_run), "--smoke", "--samples", "2", "--no-progress", "--no-base",
+                     "--on", "text",
                      "--eps", "0,1.0", "--out", str(tmp_path / "text")]) == 0
         text = json.loads((tmp_path / "text" / "fgsm.json").read_text())["rows"]
         assert text[0]["epsilon"] == 0 and text[0]["accuracy"] == clean

@@ -33,6 +33,17 @@ from mmpt.analysis.common import (
 ANALYSES = ("rank", "fgsm", "ablate", "similarity")
 
 
+def check_options(options: dict[str, Any]) -> None:
+    """One-line errors for out-of-range options (``epsilons``, ``threshold``, ``truncate``)."""
+    epsilons = options.get("epsilons")
+    if epsilons is not None and (not epsilons or any(eps < 0 for eps in epsilons)):
+        raise ValueError(f"--eps: give epsilons >= 0, e.g. 0,0.01,0.05; got {list(epsilons)}")
+    if not 0 < options.get("threshold", 0.9) <= 1:
+        raise ValueError(f"--threshold must be in (0, 1], got {options['threshold']}")
+    if any(r < 1 for r in options.get("truncate") or ()):
+        raise ValueError(f"--truncate: ranks must be at least 1, got {list(options['truncate'])}")
+
+
 def analyze(
     name: str,
     runs: Sequence[str | Path] = (),
@@ -62,6 +73,7 @@ def analyze(
 
     if name not in ANALYSES:
         raise ConfigError(f"unknown analysis '{name}'; choose one of: {', '.join(ANALYSES)}")
+    check_options(options)  # before anything loads
     run_config = analysis_config(runs, config, overrides, smoke_mode)
     count = min(samples, 4) if smoke_mode else samples
     chosen = analysis_samples(run_config, count)

@@ -204,8 +204,9 @@ def analyze_fgsm(subjects: Sequence[Subject], samples: Sequence[Sample], epsilon
 
     if target not in ("pixels", "text"):
         raise ValueError(f"fgsm target must be pixels or text, got {target!r}")
-    if not epsilons or any(eps < 0 for eps in epsilons):
-        raise ValueError(f"--eps: give epsilons >= 0, e.g. 0,0.01,0.05; got {list(epsilons)}")
+    from mmpt.analysis import check_options
+
+    check_options({"epsilons": epsilons})
     metric = main_metric(task, eval_config)
     rows: list[dict[str, Any]] = []
     if target == "text":

@@ -112,10 +112,9 @@ def analyze_rank(subjects: Sequence[Subject], samples: Sequence[Sample], tower: 
                  task: str = "vqa", eval_config: Any = None, progress: bool = True) -> Result:
     """Effective rank of every subject's text and image features (and, with ``truncate``, the task metric of each
     subject with its features cut to rank r). Ratios are taken to the first subject (the base model)."""
-    if any(r < 1 for r in truncate):
-        raise ValueError(f"--truncate: ranks must be at least 1, got {list(truncate)}")
-    if not 0 < threshold <= 1:
-        raise ValueError(f"--threshold must be in (0, 1], got {threshold}")
+    from mmpt.analysis import check_options
+
+    check_options({"threshold": threshold, "truncate": truncate})
     curves: dict[str, dict[str, list[float]]] = {}
     rows: list[dict[str, Any]] = []
     reference: dict[str, float] = {}
