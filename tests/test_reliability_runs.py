@@ -311,9 +311,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     real = train.training_loss
     calls = {"n": 0}
 
-    def sometimes_nan(ctx, wrapped, batch, tc, helper):
+    def sometimes_nan(objective, wrapped, batch, autocast):
         calls["n"] += 1
-        loss, extra = real(ctx, wrapped, batch, tc, helper)
+        loss, extra = real(objective, wrapped, batch, autocast)
         return (loss * float("nan") if calls["n"] == 2 else loss), extra
 
     monkeypatch.setattr(train, "training_loss", sometimes_nan)

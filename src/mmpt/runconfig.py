@@ -185,6 +185,9 @@ class TrainConfig:
 
     ``precision``: ``auto`` (bf16 where the device computes it natively, else fp32: see :mod:`mmpt.precision`),
     ``fp32``, ``bf16`` or ``fp16`` (autocast through Accelerate).
+
+    ``cache_frozen_towers``: keep a frozen, unhooked vision tower's features per image and serve them again
+    (exact; mmpt's own VLMs; at most 2 GiB: :mod:`mmpt.models.towers`).
     """
 
     epochs: int = 1
@@ -208,6 +211,7 @@ class TrainConfig:
     eval_every: int | None = None
     save_every: int | None = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
+    cache_frozen_towers: bool = True
 
     def validate(self) -> None:
         from mmpt.tracking import TRACKERS, missing_packages

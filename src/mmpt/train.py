@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,83 +47,22 @@ from mmpt.guard import NumericGuard, gradients_finite
 from mmpt.integrity import write_manifest
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
+from mmpt.models.towers import TowerCache, cache_frozen_towers
 from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
 from mmpt.report import pictures, write_report
-from mmpt.runconfig import RunConfig, StageConfig, TrainConfig, model_kwargs
+from mmpt.runconfig import RunConfig, StageConfig, model_kwargs
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
-from mmpt.tasks.caption import CiderD, SCSTCollator, group_by_image, scst_loss
-from mmpt.tasks.common import open_images
+from mmpt.tasks.objectives import Objective, TrainingError, build_objective
 from mmpt.tracking import Trackers
 
 log = logging.getLogger("mmpt")
 
 
-class Collator:
-    """Opens images and calls the processor: a list of samples -> a training batch.
-
-    With ``classes`` (objective ``classify``) the batch holds the prompts only, plus ``class_labels``. With
-    ``on_error="skip"`` a sample whose image cannot be decoded is replaced by one of ``pool`` (see
-    ``open_images``).
-    """
-
-    def __init__(self, processor: VLMProcessor | HFProcessor, classes: Any = None, on_error: str = "raise",
-                 pool: Sequence[Sample] = ()) -> None:
-        self.processor = processor
-        self.classes = classes
-        self.on_error = on_error
-        self.pool = pool
-
-    def __call__(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
-        images, samples = open_images(samples, self.on_error, self.pool)
-        contexts = [s.context for s in samples] if any(s.context for s in samples) else None
-        answers = None if self.classes is not None else [s.target for s in samples]
-        batch = self.processor(images, [s.prompt for s in samples], answers, contexts)
-        if self.classes is not None:
-            batch["class_labels"] = torch.tensor([self.classes.get(s.target, -100) for s in samples])
-        return batch
-
-
-def prepare_objective(ctx: Run, tc: TrainConfig, samples: list[Sample]) -> tuple[list[Sample], Any, Any]:
-    """(samples, collate function, loss helper) for the stage's ``train.objective``."""
-    processor = ctx.loaded.processor
-    if tc.objective == "classify":
-        if "answer_head" not in ctx.applied:
-            raise ConfigError("train.objective: 'classify' trains an answer_head method; add {name: answer_head, "
-                              "answers: [...]} to the stage's methods")
-        classes = ctx.applied["answer_head"].index  # type: ignore[attr-defined]
-        outside = sum(s.target not in classes for s in samples)
-        if outside:
-            log.warning("answer_head: %d of %d training answers are not in its answer list (ignored by the loss)",
-                        outside, len(samples))
-        return samples, Collator(processor, classes, ctx.config.data.on_error, samples), None
-    if tc.objective == "scst":
-        if ctx.config.task != "caption":
-            raise ConfigError(f"train.objective: 'scst' optimizes CIDEr-D of captions; the task is {ctx.config.task}")
-        if not isinstance(processor, VLMProcessor):  # HF generate() output and inputs differ per family
-            raise ConfigError(f"train.objective: 'scst' runs on mmpt's own models (mmpt-tiny) so far, not on "
-                              f"{ctx.loaded.family.name} checkpoints; train those with objective: lm")
-        samples = group_by_image(samples)  # one sample per image with all its references
-        scorer = CiderD(s.references for s in samples)  # document frequencies of the training references
-        return samples, SCSTCollator(processor, ctx.config.data.on_error, samples), scorer
-    return samples, Collator(processor, on_error=ctx.config.data.on_error, pool=samples), None
-
-
-def training_loss(
-    ctx: Run, wrapped: torch.nn.Module, batch: dict[str, Any], tc: TrainConfig, helper: Any
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The loss of one batch under the stage's objective, and extra statistics to log."""
-    if tc.objective == "classify":
-        labels = batch.pop("class_labels")
-        wrapped(**batch, use_cache=False)
-        logits = ctx.applied["answer_head"].logits()  # type: ignore[attr-defined]
-        return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=-100), {}
-    if tc.objective == "scst":
-        references = batch.pop("references")
-        with ctx.accelerator.autocast():  # generate() bypasses the autocast Accelerate puts on forward
-            return scst_loss(wrapped, ctx.loaded.processor, batch, references, helper, num_samples=tc.scst_samples,
-                             max_new_tokens=tc.scst_max_new_tokens, baseline=tc.scst_baseline)
-    return wrapped(**batch, use_cache=False).loss, {}
+def training_loss(objective: Objective, wrapped: torch.nn.Module, batch: dict[str, Any],
+                  autocast: Any) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss of one batch under the stage's objective (:mod:`mmpt.tasks.objectives`) and extra statistics."""
+    return objective.loss(wrapped, batch, autocast)
 
 
 def lr_lambda(schedule: str, warmup: int, total: int) -> Any:
@@ -232,6 +170,27 @@ class Run:
     applied: dict[str, methods.Method] = field(default_factory=dict)
     trackers: Trackers | None = None
     resume_dir: Path | None = None  # the checkpoint folder a resume continues from
+    towers: TowerCache | None = None  # frozen vision features per image (train.cache_frozen_towers)
+
+    def cache_towers(self, enabled: bool, trainable: list[torch.nn.Parameter]) -> None:
+        """Keep, start or drop the frozen-tower cache for what runs next (training ``trainable``): an existing
+        cache goes on only while nothing trains or hooks the tower; a stage that trains it drops the cache, and
+        a later frozen stage starts a fresh one."""
+        if self.towers is not None and not (enabled and self.towers.serves(trainable)):
+            self.drop_towers()
+        if enabled and self.towers is None:
+            self.towers = cache_frozen_towers(self.loaded, trainable)
+
+    def drop_towers(self) -> None:
+        """Remove the frozen-tower cache, counting its hits into ``metrics.json`` (``tower_cache``)."""
+        if self.towers is None:
+            return
+        counts = self.state.metrics.setdefault("tower_cache", {"hits": 0, "misses": 0})
+        counts["hits"] += self.towers.hits
+        counts["misses"] += self.towers.misses
+        counts["peak_mb"] = max(counts.get("peak_mb", 0.0), round(self.towers.bytes / 2**20, 1))
+        self.towers.remove()
+        self.towers = None
 
     @property
     def main(self) -> bool:
@@ -405,6 +364,7 @@ def _train_in(
               progress, trackers=Trackers(config.train.report_to, out_dir, config.name, to_dict(config)) if main else None,
               resume_dir=resume_dir)
     metrics = state.metrics
+    ctx.cache_towers(stages[0].train.cache_frozen_towers, [])
     if config.eval.before and eval_samples and "before" not in metrics:
         metrics["before"] = ctx.evaluate("before")
 
@@ -430,6 +390,7 @@ def _train_in(
         for method in active:
             for p in method.parameters():
                 p.requires_grad_(True)
+        ctx.cache_towers(stage.train.cache_frozen_towers, [p for m in active for p in m.parameters()])
         counts = methods.count_parameters(loaded, active)
         say(f"mmpt: stage {index + 1}/{len(stages)} '{stage.name}' trains {'+'.join(m.name for m in stage.methods)}: "
             f"{counts['trainable']:,} of {counts['total']:,} parameters ({counts['percent']:.4f}%)")
@@ -454,6 +415,7 @@ def _train_in(
     if eval_samples:
         metrics["after"] = ctx.evaluate("after")
         metrics["best"] = {"tag": state.best_step, main_metric(config.task, config.eval): state.best_score}
+    ctx.drop_towers()
     metrics["cost"] = run_cost(metrics["parameters"], metrics["train"], time.perf_counter() - started,
                                accelerator.num_processes, accelerator.device.type)
     if main:
@@ -481,9 +443,13 @@ def train_stage(
     tc, accelerator, state = stage.train, ctx.accelerator, ctx.state
     if not samples:
         raise ConfigError("data: no training samples; give data.train (or a packaged dataset)")
-    samples, collate, helper = prepare_objective(ctx, tc, samples)
+    try:
+        objective = build_objective(tc.objective, ctx.config.task, ctx.loaded.processor, ctx.applied, samples, tc,
+                                    ctx.config.data.on_error)
+    except TrainingError as exc:
+        raise ConfigError(str(exc)) from None
     loader = DataLoader(
-        samples, batch_size=tc.batch_size, shuffle=True, collate_fn=collate,
+        objective.samples, batch_size=tc.batch_size, shuffle=True, collate_fn=objective.collate,
         num_workers=tc.num_workers, generator=torch.Generator().manual_seed(ctx.config.seed + index),
     )
     trainable = [p for m in active for p in m.parameters()]
@@ -519,7 +485,7 @@ def train_stage(
             batches = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
             for batch in batches:
                 with accelerator.accumulate(wrapped):
-                    loss, extra = training_loss(ctx, wrapped, batch, tc, helper)
+                    loss, extra = training_loss(objective, wrapped, batch, accelerator.autocast)
                     accelerator.backward(loss)
                     # a non-finite loss or gradient skips the optimizer step (counted; several in a row stop)
                     finite = not accelerator.sync_gradients or guard.step_ok(

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from mmpt.contract import cache_kwargs
 from mmpt.data import Sample
 from mmpt.tasks.common import _in_batches, accuracy, open_image
+from mmpt.tasks.objectives import keeps_logits, label_tail, one_logit
 
 Autocast = Callable[[], AbstractContextManager[Any]]
 
@@ -182,7 +183,7 @@ def _reuse_scores(
 
     cache = DynamicCache()
     with autocast():  # image + prompt once; the cache then serves every candidate
-        first = model(**prompt, **cache_kwargs(model, cache), use_cache=True).logits[:, -1:]
+        first = model(**prompt, **cache_kwargs(model, cache), use_cache=True, **one_logit(model)).logits[:, -1:]
     first_logp = torch.log_softmax(first.float(), dim=-1)[0, 0]
     text_model = model.get_submodule(getattr(processor, "continue_with", ""))
     mask = prompt["attention_mask"]
@@ -253,10 +254,12 @@ def _full_forward_scores(
         if getattr(processor, "is_encoder_decoder", False):  # decoder logits line up with the labels
             with autocast():
                 logits = model(**batch, labels=labels, use_cache=False).logits
-        else:  # causal LM: position t predicts token t + 1
+        else:  # causal LM: position t predicts token t + 1; the head runs from the first answer token's predictor
+            keep = label_tail(labels) if keeps_logits(model) else labels.shape[1]
             with autocast():
-                logits = model(**batch, use_cache=False).logits[:, :-1]
-            labels = labels[:, 1:]
+                logits = model(**batch, use_cache=False, **({"logits_to_keep": keep} if keep < labels.shape[1]
+                                                            else {})).logits[:, -keep:-1]
+            labels = labels[:, labels.shape[1] - keep + 1 :]
             # only the final answer counts (earlier assistant turns of a conversation are labelled too)
             positions = torch.arange(labels.shape[1], device=labels.device)
             last_unlabelled = torch.where(labels < 0, positions, -1).amax(-1, keepdim=True)
@@ -280,7 +283,7 @@ def classify(
     out: list[str] = []
     for batch in _in_batches(model, processor, samples, batch_size, "classify", progress):
         with autocast():
-            model(**batch, use_cache=False)
+            model(**batch, use_cache=False, **one_logit(model))  # the head pools hidden states: one logit is enough
             logits = head.logits()
         out.extend(head.answers[i] for i in logits.argmax(-1).tolist())
     return out
