@@ -218,7 +218,8 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
     # a sweep's run folder (its name holds '=') is a run for mmpt analyze, not an override
     assert main(["analyze", "rank", str(folder / "sw-seed=0"), "--smoke", "--no-progress", "--no-base",
                  "--out", str(tmp_path / "rank")]) == 0
-    from mmpt.sweep import parse_grid, plot_sweep, summarize
+    from mmpt.sweep import parse_grid
+    from mmpt.sweep_summary import plot_sweep, summarize
 
     (rows, metric) = summarize(folder)
     values = [json.loads((folder / f"sw-seed={s}" / "metrics.json").read_text())["after"][metric] for s in (0, 1)]

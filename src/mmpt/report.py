@@ -183,7 +183,7 @@ def _relative(path: Path, out: Path | None) -> str:
 def sweep_section(folder: Path, out: Path | None = None) -> str:
     """A sweep's mean ± std table over seeds (also written as ``sweep.csv``), its plot (``sweep.png``) and the
     table of its runs."""
-    from mmpt.sweep import plot_sweep, summarize, swept_keys
+    from mmpt.sweep_summary import plot_sweep, summarize, swept_keys
 
     rows, metric = summarize(folder)
     write_rows(folder / "sweep.csv", rows)

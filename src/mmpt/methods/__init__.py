@@ -35,7 +35,16 @@ from mmpt.methods import (  # noqa: F401 - registration
 )
 from mmpt.methods.adapter import AdapterConfig
 from mmpt.methods.answer_head import AnswerHeadConfig
-from mmpt.methods.base import Method, MethodConfig, MethodEntry, get_method, list_methods, register_method
+from mmpt.methods.base import (
+    ATTACH_PREFIX,
+    Method,
+    MethodConfig,
+    MethodEntry,
+    apply,
+    get_method,
+    list_methods,
+    register_method,
+)
 from mmpt.methods.deep_prompt import DeepPromptConfig
 from mmpt.methods.lora import LoRAConfig
 from mmpt.methods.m2pt import M2PTConfig
@@ -47,30 +56,6 @@ from mmpt.methods.visual_prompt import VisualPromptConfig
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
-
-
-def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -> Method:
-    """Inject ``config``'s method into ``loaded.model``; with ``freeze_base`` only the method trains."""
-    if freeze_base:
-        for p in loaded.model.parameters():
-            p.requires_grad_(False)
-    entry = get_method(config.name)
-    attach_name = f"{ATTACH_PREFIX}{config.name}"
-    if hasattr(loaded.model, attach_name):
-        raise ValueError(f"method '{config.name}' is already applied to this model; remove it first")
-    method = entry.apply(loaded, config)
-    for p in method.parameters():
-        p.requires_grad_(True)
-    if isinstance(method, torch.nn.Module):
-        method.train(loaded.model.training)  # e.g. prefix dropout follows the model's mode
-    if isinstance(method, torch.nn.Module) and getattr(method, "attach", True):
-        # Attach so that .to(device), DDP and optimizer sharding see the method's parameters.
-        loaded.model.add_module(attach_name, method)
-        method.detach_from_model = lambda: delattr(loaded.model, attach_name)  # type: ignore[attr-defined]
-    return method
-
-
-ATTACH_PREFIX = "mmpt_"
 
 
 def count_parameters(loaded: LoadedModel, trained: Method | list[Method]) -> dict[str, float]:
@@ -123,7 +108,7 @@ def save(method: Method, path: str | Path, base_fingerprint: str = "", fold: boo
 def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True) -> Method:
     """Apply the method stored at ``path`` to ``loaded`` and load its parameters.
 
-    ``path`` is an mmpt method file, or a PEFT LoRA adapter folder (see :func:`mmpt.interop.import_peft`).
+    ``path`` is an mmpt method file, or a PEFT LoRA adapter folder (see :func:`mmpt.methods.lora.peft_import.import_peft`).
 
     Refused with one line: a missing, truncated or damaged file (its checksum), non-finite weights, a file
     without mmpt metadata, and (with ``strict_fingerprint``) one trained on another base model or carrying no
@@ -131,7 +116,7 @@ def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True)
     """
     path = Path(path)
     if path.is_dir() and (path / "adapter_config.json").is_file():  # a PEFT adapter folder (LoRA)
-        from mmpt.interop import import_peft
+        from mmpt.methods.lora.peft_import import import_peft
 
         return import_peft(loaded, path)
     if not path.is_file():

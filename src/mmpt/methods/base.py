@@ -89,3 +89,27 @@ def detach_from_model(method: object) -> None:
 
 
 register_resolver(MethodConfig, lambda name: get_method(name).config_cls)
+
+
+def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -> Method:
+    """Inject ``config``'s method into ``loaded.model``; with ``freeze_base`` only the method trains."""
+    if freeze_base:
+        for p in loaded.model.parameters():
+            p.requires_grad_(False)
+    entry = get_method(config.name)
+    attach_name = f"{ATTACH_PREFIX}{config.name}"
+    if hasattr(loaded.model, attach_name):
+        raise ValueError(f"method '{config.name}' is already applied to this model; remove it first")
+    method = entry.apply(loaded, config)
+    for p in method.parameters():
+        p.requires_grad_(True)
+    if isinstance(method, torch.nn.Module):
+        method.train(loaded.model.training)  # e.g. prefix dropout follows the model's mode
+    if isinstance(method, torch.nn.Module) and getattr(method, "attach", True):
+        # Attach so that .to(device), DDP and optimizer sharding see the method's parameters.
+        loaded.model.add_module(attach_name, method)
+        method.detach_from_model = lambda: delattr(loaded.model, attach_name)  # type: ignore[attr-defined]
+    return method
+
+
+ATTACH_PREFIX = "mmpt_"
