@@ -176,6 +176,19 @@ def test_resume_after_fallback_finishes_the_run(interrupted_run, tmp_path):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def test_fallback_resume_saves_the_weights_it_trained(interrupted_run, tmp_path):
+    """Resumed from checkpoint.1 (the newest is gone): the final method file is the state trained from there,
+    bit-identical to an uninterrupted run, never checkpoint.1's older weights reloaded after training."""
+    run_dir = _copy(interrupted_run, tmp_path)
+    shutil.rmtree(run_dir / "checkpoint")
+    assert resolve_checkpoint(run_dir)[0].name == "checkpoint.1"
+    _resume(run_dir)
+    straight = run(_config(tmp_path / "straight", "train.max_steps=6"), progress=False)
+    a = load_file(str(Path(straight["run_dir"]) / "prefix.safetensors"))
+    b = load_file(str(run_dir / "prefix.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_every_checkpoint_damaged_is_one_line(interrupted_run, tmp_path):
     run_dir = _copy(interrupted_run, tmp_path)
     _zero(run_dir / "checkpoint" / "state.json")

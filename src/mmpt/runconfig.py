@@ -187,7 +187,8 @@ class TrainConfig:
     ``fp32``, ``bf16`` or ``fp16`` (autocast through Accelerate).
 
     ``cache_frozen_towers``: keep a frozen, unhooked vision tower's features per image and serve them again
-    (exact; mmpt's own VLMs; at most 2 GiB: :mod:`mmpt.models.towers`).
+    (exact; mmpt's own VLMs; at most 2 GiB: :mod:`mmpt.models.towers`). ``group_by_length``: batches of samples
+    of similar length (less padding where lengths vary: captions, conversations; :mod:`mmpt.data.batching`).
     """
 
     epochs: int = 1
@@ -212,6 +213,7 @@ class TrainConfig:
     save_every: int | None = None
     report_to: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
     cache_frozen_towers: bool = True
+    group_by_length: bool = False
 
     def validate(self) -> None:
         from mmpt.tracking import TRACKERS, missing_packages

@@ -41,6 +41,7 @@ from mmpt.checkpoint import (
 from mmpt.config import ConfigError, to_dict
 from mmpt.cost import run_cost
 from mmpt.data import Sample
+from mmpt.data.batching import LengthGroupedSampler
 from mmpt.data.sources import build_data
 from mmpt.data.validate import check_lengths
 from mmpt.guard import NumericGuard, gradients_finite
@@ -369,6 +370,10 @@ def _train_in(
         metrics["before"] = ctx.evaluate("before")
 
     checkpoint_dir = resume_dir or out_dir / "checkpoint"
+    # a resume of a run whose training had finished only evaluates: its weights come from the checkpoint it
+    # resumed. Decided now: once this process saves a checkpoint, the folder it resumed from (checkpoint.1 after a
+    # fallback) may hold an older state, which must never be reloaded over the weights trained here
+    finished_before = resume is not None and state.stage >= len(stages)
     for index, stage in enumerate(stages):
         if resume is not None and index == state.stage and state.step == 0:
             load_method_weights(checkpoint_dir, ctx.applied)  # the methods of the stages already finished
@@ -405,7 +410,7 @@ def _train_in(
         # a finished stage is a checkpoint too: a resume after it starts the next stage
         state.stage, state.step, state.epoch, state.batches_in_epoch = index + 1, 0, 0, 0
         ctx.checkpoint()
-    if resume is not None and state.stage >= len(stages):
+    if finished_before:
         load_method_weights(checkpoint_dir, ctx.applied)  # training had finished: evaluate its weights
     metrics["parameters"] = metrics["stages"][-1]["parameters"]
     metrics["train"] = {k: sum(s[k] for s in metrics["stages"]) for k in ("steps", "samples", "seconds")}
@@ -448,9 +453,12 @@ def train_stage(
                                     ctx.config.data.on_error)
     except TrainingError as exc:
         raise ConfigError(str(exc)) from None
+    sampler = LengthGroupedSampler(objective.samples, tc.batch_size, ctx.config.seed + index) \
+        if tc.group_by_length else None
     loader = DataLoader(
-        objective.samples, batch_size=tc.batch_size, shuffle=True, collate_fn=objective.collate,
-        num_workers=tc.num_workers, generator=torch.Generator().manual_seed(ctx.config.seed + index),
+        objective.samples, batch_size=tc.batch_size, shuffle=sampler is None, sampler=sampler,
+        collate_fn=objective.collate, num_workers=tc.num_workers,
+        generator=torch.Generator().manual_seed(ctx.config.seed + index),
     )
     trainable = [p for m in active for p in m.parameters()]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay)
