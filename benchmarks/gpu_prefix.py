@@ -5,7 +5,8 @@
 1. Correctness on CUDA for every family's tiny model: prefix with KV cache == without, removal exact, SDPA used.
 2. Training-step time and peak memory of a 1.1B-parameter-shaped Llama (random weights, bf16) with mmpt's
    prefix vs PEFT's PrefixTuningConfig, with and without gradient checkpointing (PEFT cannot combine prefix
-   tuning with gradient checkpointing: reported as such).
+   tuning with gradient checkpointing: reported as such), with a full-sequence loss and with a task loss (8
+   labelled tokens a row: mmpt computes the LM head only there).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mmpt import methods, models
 from mmpt.methods import PrefixConfig
 from mmpt.models import Family, LoadedModel, Tower
 from mmpt.models.families import FAMILY_MODULES
+from mmpt.tasks.objectives import answer_loss
 
 LLAMA = Family(name="llama", towers={"lm": Tower("decoder", "model", "model.layers", "self_attn", "model")})
 
@@ -43,7 +45,10 @@ def check_families() -> None:
               f"removal exact {torch.equal(c, base)}; attn {model.config._attn_implementation}")
 
 
-def step_time(use_peft: bool, checkpointing: bool, prefix: int = 64, batch: int = 8, seq: int = 1024) -> str:
+def step_time(use_peft: bool, checkpointing: bool, prefix: int = 64, batch: int = 8, seq: int = 1024,
+              task_loss: bool = False) -> str:
+    """ms/step and peak memory; with ``task_loss`` only the last 8 tokens of each row are labelled and mmpt computes
+    the LM head only there (:func:`~mmpt.tasks.objectives.answer_loss`), PEFT its full-logit loss."""
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                          num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096)
@@ -66,13 +71,17 @@ def step_time(use_peft: bool, checkpointing: bool, prefix: int = 64, batch: int 
     model.train()
     opt = torch.optim.AdamW(params, lr=1e-3)
     ids = torch.randint(0, 32000, (batch, seq), device="cuda")
+    labels = torch.where(torch.arange(seq, device="cuda") >= seq - 8, ids, -100) if task_loss else ids
     torch.cuda.reset_peak_memory_stats()
     try:
         times = []
         for i in range(6):
             torch.cuda.synchronize()
             t = time.perf_counter()
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            if task_loss and not use_peft:
+                loss = answer_loss(model, {"input_ids": ids, "labels": labels})
+            else:
+                loss = model(input_ids=ids, labels=labels, use_cache=False).loss
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -89,11 +98,13 @@ def step_time(use_peft: bool, checkpointing: bool, prefix: int = 64, batch: int 
 def main() -> None:
     print(torch.cuda.get_device_name(), "torch", torch.__version__)
     check_families()
-    for checkpointing in (False, True):
-        for use_peft in (False, True):
-            who = "peft prefix" if use_peft else "mmpt prefix"
-            print(f"{who:12s} checkpointing={checkpointing!s:5s}: {step_time(use_peft, checkpointing)}")
-            torch.cuda.empty_cache()
+    for task_loss in (False, True):
+        for checkpointing in (False, True):
+            for use_peft in (False, True):
+                who = "peft prefix" if use_peft else "mmpt prefix"
+                result = step_time(use_peft, checkpointing, task_loss=task_loss)
+                print(f"{who:12s} checkpointing={checkpointing!s:5s} task_loss={task_loss!s:5s}: {result}")
+                torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":
