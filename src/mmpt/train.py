@@ -177,6 +177,9 @@ class Run:
         """Keep, start or drop the frozen-tower cache for what runs next (training ``trainable``): an existing
         cache goes on only while nothing trains or hooks the tower; a stage that trains it drops the cache, and
         a later frozen stage starts a fresh one."""
+        # DDP broadcasts the model's weights and buffers in place when it wraps the model and before each
+        # forward: the cache's version check would (rightly) refuse features computed before; one process only
+        enabled = enabled and self.accelerator.num_processes == 1
         if self.towers is not None and not (enabled and self.towers.serves(trainable)):
             self.drop_towers()
         if enabled and self.towers is None:
