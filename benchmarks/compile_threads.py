@@ -12,8 +12,8 @@ Two questions, each answered in one process with the variants interleaved (order
   ``torch._dynamo.explain`` on the forward.
 
 Answers decide whether mmpt offers ``train.compile`` (it pays only when compilation is repaid within a run) and what
-the docs say about threads. Run on an idle machine; add ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to time an
-AVX2-only CPU on a newer one.
+the docs say about threads. Run on an idle machine; add ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
+MKL_ENABLE_INSTRUCTIONS=AVX2`` to time an AVX2-only CPU on a newer one.
 """
 
 from __future__ import annotations

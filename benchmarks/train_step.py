@@ -13,8 +13,9 @@ repeat, and the median step (forward + backward + AdamW) is reported:
 It also prints what the batch's tokens cost: the step time of rows without the system prompt (the 86-token rows
 lose their 16 system-turn tokens), i.e. what each prompt token costs per step.
 
-To time an AVX2-only CPU (no native bf16, no AVX-512) on a newer one, restrict PyTorch's and oneDNN's kernels:
-``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_step.py``.
+To time an AVX2-only CPU (no native bf16, no AVX-512) on a newer one, restrict PyTorch's, oneDNN's and MKL's kernels
+(MKL runs the fp32 matrix products, ~60% of a step: without its variable a step is ~10% faster than on an AVX2 CPU):
+``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python benchmarks/train_step.py``.
 """
 
 from __future__ import annotations
@@ -150,8 +151,9 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    isa = os.environ.get("ATEN_CPU_CAPABILITY", "default")
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.precision}, ATEN_CPU_CAPABILITY={isa}, "
+    isa = "/".join(os.environ.get(k, "default") for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                            "MKL_ENABLE_INSTRUCTIONS"))
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.precision}, ATEN/oneDNN/MKL ISA {isa}, "
           f"{args.repeats} repeats (median)")
     loaded = models.load(args.model)
     full = quickstart_batch(loaded)
