@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from mmpt.integrity import (
     verify_manifest,
     write_manifest,
 )
+from mmpt.runfolder import remove_tree
 
 log = logging.getLogger("mmpt")
 
@@ -55,12 +55,12 @@ class TrainState:
 def _replace_dir(tmp: Path, final: Path) -> None:
     old = final.with_name(final.name + ".old")
     if old.exists():
-        shutil.rmtree(old)
+        remove_tree(old)
     if final.exists():
         final.rename(old)
     tmp.rename(final)
     if old.exists():
-        shutil.rmtree(old)
+        remove_tree(old)
 
 
 def _write_methods(folder: Path, applied: dict[str, methods.Method], base_fingerprint: str,
@@ -81,7 +81,7 @@ def save_methods(
     (:class:`~mmpt.integrity.IntegrityError`)."""
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove_tree(tmp)
     tmp.mkdir(parents=True)
     names = _write_methods(tmp, applied, base_fingerprint, fold)
     if score is not None:
@@ -130,7 +130,7 @@ def save_checkpoint(
     """
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
-        shutil.rmtree(tmp)
+        remove_tree(tmp)
     tmp.mkdir(parents=True)
     names = _write_methods(tmp, applied, base_fingerprint)
     if optimizer is not None:
@@ -144,13 +144,13 @@ def save_checkpoint(
     write_manifest(tmp, names)
     previous = folder.with_name(f"{folder.name}.1")
     if previous.exists():
-        shutil.rmtree(previous)  # a crash from here on leaves `folder` (or, after the next rename, `previous`)
+        remove_tree(previous)  # a crash from here on leaves `folder` (or, after the next rename, `previous`)
     if folder.exists():
         folder.rename(previous)
     tmp.rename(folder)
     legacy = folder.with_name(folder.name + ".old")
     if legacy.exists():
-        shutil.rmtree(legacy)
+        remove_tree(legacy)
 
 
 def _candidates(run_dir: Path) -> list[Path]:

@@ -16,6 +16,7 @@ from mmpt.data.sources import build_data
 from mmpt.integrity import write_manifest
 from mmpt.paths import unique_run_dir
 from mmpt.runconfig import EvalConfig, load_run_config, model_kwargs, smoke
+from mmpt.runfolder import refuse_links, write_text, writing
 from mmpt.tasks import evaluate_task, predict_task
 
 
@@ -24,6 +25,7 @@ def run_methods(run_dir: str | Path) -> list[Path]:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not an mmpt run folder (no config.yaml)")
+    refuse_links(run_dir)
     config = load_run_config(run_dir / "config.yaml")
     names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
     best = run_dir / "best"
@@ -68,6 +70,8 @@ def evaluate_config(
         config_path, run_dir = None, config_path
     if config_path is None and run_dir is None:
         raise ConfigError("mmpt eval needs a run folder (mmpt eval runs/quickstart) or a CONFIG (zero-shot)")
+    if run_dir is not None and Path(run_dir).is_dir():
+        refuse_links(Path(run_dir))
     if config_path is None:
         config = load_run_config(Path(run_dir) / "config.yaml", overrides)  # type: ignore[arg-type]
     else:
@@ -85,9 +89,9 @@ def evaluate_config(
         out = unique_run_dir(replace(config, output_dir=str(run_dir), name=f"eval-{config.name}"))
     else:
         out = unique_run_dir(replace(config, name=f"{config.name}-eval"))
-    (out / "metrics.json").write_text(json.dumps({"run": str(run_dir or ""), **result.metrics}, indent=2))
+    write_text(out / "metrics.json", json.dumps({"run": str(run_dir or ""), **result.metrics}, indent=2))
     write_manifest(out, ["metrics.json"])
-    with open(out / "predictions.jsonl", "w") as f:
+    with writing(out / "predictions.jsonl") as f:
         for row in result.rows:
             f.write(json.dumps(row, default=str) + "\n")
     return {"folder": str(out), **result.metrics}
@@ -184,12 +188,10 @@ def predict_many(source: str | Path, prompt: str, out: str | Path, progress: boo
     samples = read_inputs(source, prompt)
     answers = Predictor(**predictor)(samples, progress=progress)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w") as f:
+    with writing(out) as f:
         for sample, answer in zip(samples, answers, strict=True):
             f.write(json.dumps({"id": sample.id, "image": str(sample.image), "prompt": sample.prompt,
                                 "prediction": answer}) + "\n")
-    tmp.replace(out)
     return out
 
 

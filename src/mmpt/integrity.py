@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mmpt.cache import sha256_file
+from mmpt.runfolder import RunFolderError, inside, write_bytes, write_text
 
 MANIFEST = "manifest.json"
 TREE_KEY = "mmpt_tree"
@@ -36,10 +37,9 @@ class IntegrityError(ValueError):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (a crash leaves the old file or the new)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    """Write ``text`` to ``path`` through a temporary file and a rename (a crash leaves the old file or the new;
+    never through a link: :func:`mmpt.runfolder.write_text`)."""
+    write_text(path, text)
 
 
 # --- pickle-free nested state ---------------------------------------------------------------------------------
@@ -127,15 +127,17 @@ def _split(raw: bytes, path: Path) -> tuple[dict[str, Any], bytes]:
 def save_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
     """``safetensors.torch.save_file`` with a canonical header (sorted keys: the same bytes for the same content,
     whichever process wrote them) and the SHA-256 of the data section in the metadata; written atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.raw")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
     save_file({k: tensors[k].detach().cpu().contiguous() for k in sorted(tensors)}, str(tmp), metadata=dict(metadata))
     header, data = _split(tmp.read_bytes(), tmp)
+    tmp.unlink()
     meta = {**header.pop("__metadata__", {}), DATA_SHA: hashlib.sha256(data).hexdigest()}
     canonical = {"__metadata__": dict(sorted(meta.items())), **{k: header[k] for k in sorted(header)}}
     head = json.dumps(canonical, separators=(",", ":"), ensure_ascii=False).encode()
     head += b" " * (-len(head) % 8)
-    tmp.write_bytes(len(head).to_bytes(8, "little") + head + data)
-    tmp.replace(path)
+    write_bytes(path, len(head).to_bytes(8, "little") + head + data)
 
 
 def verify_safetensors(path: Path, what: str) -> dict[str, str]:
@@ -188,13 +190,21 @@ def write_manifest(folder: Path, names: Iterable[str]) -> None:
     if path.is_file():
         try:
             old = json.loads(path.read_text())
-            entries = {k: v for k, v in old.get("sha256", {}).items() if (folder / k).is_file()}
+            entries = {k: v for k, v in old.get("sha256", {}).items() if _plain_file(folder, k, path)}
         except (json.JSONDecodeError, AttributeError, OSError):
             entries = {}
     for name in names:
         entries[name] = sha256_file(folder / name)
     atomic_write_text(path, json.dumps({"format": "mmpt-manifest-1", "sha256": dict(sorted(entries.items()))},
                                        indent=1))
+
+
+def _plain_file(folder: Path, name: str, manifest: Path) -> bool:
+    try:
+        inside(folder, name, manifest)
+    except RunFolderError:
+        return False
+    return True
 
 
 def verify_manifest(folder: Path, what: str, names: Iterable[str] | None = None) -> None:
@@ -215,9 +225,15 @@ def verify_manifest(folder: Path, what: str, names: Iterable[str] | None = None)
     for name in names if names is not None else sorted(entries):
         if name not in entries:
             raise IntegrityError(f"{folder / name}: not listed in {path}; {what}")
-        file = folder / name
-        if not file.is_file():
-            raise IntegrityError(f"{file}: missing (listed in {MANIFEST}); {what}")
+        try:  # inside the folder (no '..', absolute path or link), then a plain file (not a device)
+            file = inside(folder, name, path, kind=None)
+            if not file.exists():
+                raise IntegrityError(f"{file}: missing (listed in {MANIFEST}); {what}")
+            inside(folder, name, path)
+        except RunFolderError as exc:
+            raise IntegrityError(f"{exc}; {what}") from None
+        if not isinstance(entries[name], str):
+            raise IntegrityError(f"{path}: entry {name!r} holds no checksum; {what}")
         if sha256_file(file) != entries[name]:
             raise IntegrityError(f"{file}: checksum differs from {MANIFEST} (the file was damaged or edited); {what}")
 

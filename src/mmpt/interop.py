@@ -26,6 +26,7 @@ from mmpt import methods
 from mmpt.integrity import check_finite, save_safetensors, write_manifest
 from mmpt.methods.lora.peft_import import PEFT_CONFIG, PEFT_WEIGHTS
 from mmpt.methods.lora.peft_import import lora_modules as _lora_modules
+from mmpt.runfolder import refuse_links, write_text
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -96,6 +97,8 @@ def export_peft(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     from mmpt.runconfig import load_run_config
 
     run_dir = Path(run_dir)
+    if run_dir.is_dir():
+        refuse_links(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "peft"
     if out.exists():
         raise FileExistsError(f"{out} exists; mmpt never overwrites an export: remove it or give --out")
@@ -134,7 +137,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
         folder.mkdir(parents=True)
         peft_config.save_pretrained(str(folder))
         save_safetensors(state, folder / PEFT_WEIGHTS, {"format": "pt"})  # with its checksum; PEFT reads it as is
-        (folder / "README.md").write_text(model_card(config, method.config.name, metrics, run_dir, how, note))
+        write_text(folder / "README.md", model_card(config, method.config.name, metrics, run_dir, how, note))
         write_manifest(folder, [PEFT_WEIGHTS, PEFT_CONFIG, "README.md"])
         written.append(folder)
         method.remove()

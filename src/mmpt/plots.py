@@ -21,6 +21,7 @@ import numpy as np
 from mmpt.data import Sample
 from mmpt.data.images import load_rgb
 from mmpt.data.sample import text_to_box
+from mmpt.runfolder import save_figure
 
 
 def _pyplot() -> Any:
@@ -71,7 +72,7 @@ def plot_curves(log_csv: Path, out_png: Path) -> Path | None:
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     fig.suptitle(f"{log_csv.parent.name}: training curves")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
+    save_figure(fig, out_png, dpi=110)
     plt.close(fig)
     return out_png
 
@@ -141,7 +142,7 @@ def plot_gallery(
                      color="darkgreen" if ok else "black")
     fig.suptitle(title or "evaluation samples: prediction before -> after tuning", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(out_png, dpi=100)
+    save_figure(fig, out_png, dpi=100)
     plt.close(fig)
     return out_png
 

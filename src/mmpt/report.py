@@ -9,6 +9,7 @@ from typing import Any
 
 from mmpt.data import Sample
 from mmpt.runconfig import RunConfig
+from mmpt.runfolder import inside, refuse_links, write_text, writing
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,11 @@ Files: `config.yaml` (resolved config), `metrics.json`, `<method>.safetensors` (
 `best/` (weights of the best evaluation), `checkpoint/` (for `mmpt train --resume`), `log.csv`,
 `tensorboard/`, `predictions_*.jsonl`, `curves.png`, `gallery.png`.
 """
-    (out_dir / "report.md").write_text(text)
+    write_text(out_dir / "report.md", text)
     from mmpt.interop import model_card
 
     names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
-    (out_dir / "README.md").write_text(model_card(config, "+".join(names), metrics, out_dir))
+    write_text(out_dir / "README.md", model_card(config, "+".join(names), metrics, out_dir))
     return table
 
 
@@ -92,7 +93,7 @@ def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """``rows`` as a CSV file (header: every key, in order of first appearance)."""
     import csv
 
-    with open(path, "w", newline="") as f:
+    with writing(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
@@ -124,6 +125,8 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for run_dir in run_dirs:
+        if run_dir.is_dir():
+            refuse_links(run_dir)
         path = run_dir / "metrics.json"
         if not path.is_file():
             if not run_dir.is_dir():
@@ -163,12 +166,10 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
                 reader = csv.DictReader(f)
                 keys = list(dict.fromkeys([*(reader.fieldnames or []), *keys]))
                 old = list(reader)
-        tmp = csv_path.with_name(csv_path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with writing(csv_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows([*old, *rows])
-        tmp.replace(csv_path)
     if skipped:
         lines += ["", "Left out: " + "; ".join(skipped)]
     return "\n".join(lines)
@@ -202,8 +203,9 @@ def analysis_section(folder: Path, out: Path | None = None) -> str:
     import json
     import re
 
+    refuse_links(folder)
     name = json.loads((folder / "analysis.json").read_text())["analysis"]
-    text = (folder / f"{name}.md").read_text()
+    text = inside(folder, f"{name}.md", folder / "analysis.json").read_text()
     return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"![{m[1]}]({_relative(folder / m[2], out)})", text)
 
 
@@ -222,6 +224,6 @@ def full_report(paths: Sequence[Path], csv_path: Path | None = None, out: Path |
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         target = fresh_file(out)
-        target.write_text(text)
+        write_text(target, text)
         text += f"\n(written to {target})\n"
     return text

@@ -19,6 +19,7 @@ from typing import Any
 
 from mmpt.config import ConfigError
 from mmpt.runconfig import load_run_config, smoke
+from mmpt.runfolder import write_text
 
 log = logging.getLogger("mmpt")
 
@@ -137,6 +138,4 @@ def _record(folder: Path, config_path: str | Path, axes: dict[str, list[str]], f
     merged_axes = {k: list(dict.fromkeys([*recorded.get("axes", {}).get(k, []), *v])) for k, v in axes.items()}
     text = json.dumps({"config": str(config_path), "axes": merged_axes, "fixed": fixed, "smoke": smoke_mode,
                        "runs": list(runs.values())}, indent=2)
-    tmp = path.with_name("sweep.json.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_text(path, text)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpt.runconfig import load_run_config
+from mmpt.runfolder import FIX, RunFolderError, plain_name, save_figure
 
 
 def summarize(folder: Path, metric: str | None = None) -> tuple[list[dict[str, Any]], str]:
@@ -24,7 +25,10 @@ def summarize(folder: Path, metric: str | None = None) -> tuple[list[dict[str, A
     for entry in spec["runs"]:
         group = tuple(entry["values"].get(k, "") for k in keys)
         groups.setdefault(group, [])
-        path = folder / entry["name"] / "metrics.json"
+        run_dir = folder / plain_name(entry["name"], folder / "sweep.json")
+        if run_dir.is_symlink():
+            raise RunFolderError(f"{run_dir}: a symbolic link inside a sweep folder; {FIX}")
+        path = run_dir / "metrics.json"
         if not path.is_file():
             missing[group] = missing.get(group, 0) + 1
             continue
@@ -77,7 +81,7 @@ def plot_sweep(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     if others:
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

@@ -53,6 +53,7 @@ from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
 from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, model_kwargs
+from mmpt.runfolder import refuse_links, write_text, writing
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
 from mmpt.tasks.objectives import Objective, TrainingError, build_objective
 from mmpt.tracking import Trackers
@@ -113,7 +114,7 @@ def rewind_log(path: Path, stage_names: list[str], stage: int, step: int) -> int
     for target, kept in ((fresh_file(path.with_name("log.after-checkpoint.csv")), moved),
                          (path.with_suffix(".csv.tmp"), [r for r, is_late in zip(rows, late, strict=True)
                                                          if not is_late])):
-        with open(target, "w", newline="") as f:
+        with writing(target, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(kept)
@@ -224,7 +225,7 @@ class Run:
             log.warning("eval.metric '%s' was not measured (have %s); best/ is not updated", metric,
                         ", ".join(sorted(result.metrics)))
         if self.main:
-            with open(fresh_file(self.out_dir / f"predictions_{tag}.jsonl"), "w") as f:
+            with writing(fresh_file(self.out_dir / f"predictions_{tag}.jsonl")) as f:
                 for row in result.rows:
                     f.write(json.dumps(row, default=str) + "\n")
             if self.trackers is not None:
@@ -268,6 +269,8 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     set_seed(config.seed)
+    if resume is not None:
+        refuse_links(Path(resume))  # a run folder is untrusted input (mmpt.runfolder)
     lock = RunLock(Path(resume)) if resume is not None and accelerator.is_main_process else None
     try:
         resume_dir, state = resolve_checkpoint(Path(resume)) if resume is not None else (None, TrainState())
@@ -346,7 +349,7 @@ def _train_in(
     if accelerator.num_processes > 1:
         say(f"mmpt: {accelerator.num_processes} processes ({accelerator.distributed_type.value})")
     if main and resume is None:
-        (out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+        write_text(out_dir / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
 
     loaded = models.load(config.model.name, **model_kwargs(config.model))
     if not isinstance(loaded.processor, VLMProcessor | HFProcessor):
@@ -429,7 +432,7 @@ def _train_in(
     if main:
         for name, method in ctx.applied.items():
             methods.save(method, out_dir / f"{name}.safetensors", ctx.base_fingerprint, fold=True)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2))
         write_manifest(out_dir, [*(f"{name}.safetensors" for name in ctx.applied), "metrics.json"])
         say(write_report(out_dir, config, metrics, pictures(out_dir, eval_samples)))
         if ctx.trackers is not None:

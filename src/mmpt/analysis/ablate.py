@@ -21,6 +21,7 @@ from torch import nn
 
 from mmpt.analysis.common import PROMPT_METHODS, Result, Subject
 from mmpt.data import Sample
+from mmpt.runfolder import save_figure
 
 ABLATED = ("prefix", *PROMPT_METHODS)
 """Methods whose learned vectors an ablation removes or replaces."""
@@ -124,5 +125,5 @@ def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
         ax.invert_yaxis()
         ax.set(xlabel=metric, title=f"ablation: {metric}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

@@ -25,6 +25,7 @@ from mmpt.models.family import get_submodule
 from mmpt.paths import fresh_dir
 from mmpt.report import markdown_table, write_rows
 from mmpt.runconfig import RunConfig, load_run_config, model_kwargs
+from mmpt.runfolder import refuse_links, write_text
 
 PROMPT_METHODS = ("prompt", "deep_prompt", "m2pt", "visual_prompt")
 """Methods that add tokens to a tower's sequence (their positions are not the input's tokens)."""
@@ -80,8 +81,9 @@ def write_result(result: Result, out_dir: str | Path) -> Path:
     from mmpt.integrity import write_manifest
 
     out = fresh_dir(Path(out_dir))
-    (out / "analysis.json").write_text(json.dumps({"analysis": result.name, "settings": result.settings}, indent=2))
-    (out / f"{result.name}.json").write_text(json.dumps({"rows": result.rows, **result.tables, **result.data}, indent=2, default=str))
+    write_text(out / "analysis.json", json.dumps({"analysis": result.name, "settings": result.settings}, indent=2))
+    write_text(out / f"{result.name}.json",
+               json.dumps({"rows": result.rows, **result.tables, **result.data}, indent=2, default=str))
     written = ["analysis.json", f"{result.name}.json"]
     for file, rows in ((f"{result.name}.csv", result.rows),
                        *((f"{result.name}_{t.replace(' ', '_')}.csv", r) for t, r in result.tables.items() if r)):
@@ -90,7 +92,7 @@ def write_result(result: Result, out_dir: str | Path) -> Path:
     for name, draw in result.plots.items():
         draw(out / name)
         written.append(name)
-    (out / f"{result.name}.md").write_text(section(result))
+    write_text(out / f"{result.name}.md", section(result))
     write_manifest(out, [*written, f"{result.name}.md"])
     return out
 
@@ -108,6 +110,7 @@ def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bo
     for run in runs:
         if not (Path(run) / "config.yaml").is_file():
             raise FileNotFoundError(f"{run} is not an mmpt run folder (no config.yaml)")
+        refuse_links(Path(run))
     configs = [load_run_config(Path(r) / "config.yaml") for r in runs]
     names = {c.model.name for c in configs}
     if len(names) > 1:
@@ -140,6 +143,9 @@ def analysis_config(runs: Sequence[str | Path], config: str | Path | None, overr
 
     if config is None and not runs:
         raise ConfigError("give run folders or --config (its eval data is what the analysis reads)")
+    for run in runs:
+        if Path(run).is_dir():
+            refuse_links(Path(run))
     path = Path(config) if config is not None else Path(runs[0]) / "config.yaml"
     loaded = load_run_config(path, list(overrides))
     return smoke(loaded) if smoke_mode else loaded

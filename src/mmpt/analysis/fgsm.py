@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mmpt.analysis.common import Result, Subject, batches
 from mmpt.data import Sample
+from mmpt.runfolder import save_figure
 
 
 def pixel_normalization(processor: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -257,5 +258,5 @@ def _plot(rows: list[dict[str, Any]], metric: str, path: Path, target: str = "pi
     ax.set(xlabel=f"epsilon ({unit})", ylabel=metric, title=f"FGSM attack on {what}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

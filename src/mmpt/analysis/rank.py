@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from mmpt.analysis.common import Result, Subject, batches, tower_features
 from mmpt.data import Sample
 from mmpt.models.family import get_submodule
+from mmpt.runfolder import save_figure
 
 
 def normalized_spectrum(features: torch.Tensor) -> torch.Tensor:
@@ -187,7 +188,7 @@ def _plot_curves(curves: dict[str, dict[str, list[float]]], threshold: float, pa
                ylim=(0, 1.02))
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -208,5 +209,5 @@ def _plot_truncation(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set(xscale="log", xlabel="rank r kept (dashed: all)", ylabel=metric, title="rank truncation")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from mmpt.analysis.common import Result, Subject, batches, token_masks
 from mmpt.data import Sample
 from mmpt.methods.kv import projections
+from mmpt.runfolder import save_figure
 
 
 def prefix_keys(method: Any, tower: str) -> tuple[torch.Tensor, list[nn.Module]]:
@@ -131,5 +132,5 @@ def _plot(maps: dict[str, dict[str, list[list[float]]]], path: Path) -> None:
             ax.set(title=f"{label}: prefix keys vs {kind} tokens", xlabel="prefix position", ylabel="layer")
             fig.colorbar(shown, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
