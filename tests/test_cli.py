@@ -124,3 +124,22 @@ def test_chat_keeps_the_conversation(tmp_path):
     assert [s.prompt for s in seen] == ["what is it?", "and the color?", "again?"]
     assert seen[1].context == (("what is it?", "answer 1"),) and seen[2].context == ()
     assert said[-1] == "no such image: nope.png"
+
+
+@pytest.mark.parametrize("command,flags,named", [
+    ("predict", ["--num-beams", "-3"], "--num-beams"),
+    ("predict", ["--max-new-tokens", "100000"], "--max-new-tokens"),
+    ("predict", ["--batch-size", "0"], "--batch-size"),
+    ("chat", ["--max-new-tokens", "0"], "--max-new-tokens"),
+])
+def test_generation_flags_are_bounded_before_any_model_loads(command, flags, named, capsys, monkeypatch):
+    import mmpt.models
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the flags were checked")
+
+    monkeypatch.setattr(mmpt.models, "load", no_load)
+    image = ["x.png"]
+    assert main([command, *image, "--model", "mmpt-tiny-random", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert named in err and "from 1 to" in err and len(err.splitlines()) == 1

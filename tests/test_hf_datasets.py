@@ -83,3 +83,43 @@ def test_captions_and_boxes_with_a_mapping(tmp_path):
 def test_missing_dataset_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="could not be read offline"):
         read_hf(str(tmp_path / "nothing-here"), "train")
+
+
+def test_one_saved_dataset_is_never_evaluated_on_its_training_rows(tmp_path, caplog):
+    """An hf: folder holding one Dataset (no splits) trains on it and says there is no evaluation, instead of
+    evaluating on the same rows (issue 20)."""
+    folder = tmp_path / "single"
+    datasets.Dataset.from_dict({"image": _images(4, 3), "question": [f"q{i}?" for i in range(4)],
+                                "answer": ["yes"] * 4}).cast_column("image", datasets.Image()).save_to_disk(str(folder))
+    config = load_run_config(None, [f"data.dataset=hf:{folder}", "model.name=mmpt-tiny-random",
+                                    "method={name: prefix, length: 2}"])
+    with caplog.at_level("WARNING", logger="mmpt"):
+        train, evals = build_data(config.data, config.seed)
+    assert (len(train), len(evals)) == (4, 0)
+    assert "no validation, val or test split" in caplog.text
+    with pytest.raises(DataError, match="no split 'validation'; its splits: train"):
+        read_hf(str(folder), "validation")
+
+
+@pytest.mark.parametrize("column,value,message", [
+    ("question", None, "the question is None, not text"),
+    ("question", "  ", "not text"),
+    ("bbox", [1.0, 2.0, float("inf"), 4.0], "4 finite numbers"),
+    ("bbox", None, "4 finite numbers"),
+    ("bbox", [1.0, 2.0, 3.0], "4 finite numbers"),
+])
+def test_bad_cells_are_bad_records(tmp_path, column, value, message):
+    """A null or blank question, a box of Infinity / null / 3 numbers: a DataError naming the row (skipped with
+    on_error: skip), never a traceback or the prompt "None" (issue 20)."""
+    rows = {"image": _images(2, 4), "question": ["where is it?", "where is it?"],
+            "bbox": [[1.0, 2.0, 10.0, 12.0], [1.0, 2.0, 10.0, 12.0]]}
+    rows[column] = [rows[column][0], value]
+    folder = tmp_path / "refs"
+    features = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
+                                  "bbox": datasets.Sequence(datasets.Value("float64"))})
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(folder))
+    with pytest.raises(DataError, match="row 1") as info:
+        read_hf(str(folder), "", columns={"box": "bbox"})
+    assert message in str(info.value) and "\n" not in str(info.value)
+    kept = read_hf(str(folder), "", columns={"box": "bbox"}, on_error="skip")
+    assert len(kept.samples) == 1 and kept.skipped == 1

@@ -124,6 +124,89 @@ def test_peft_import_refuses_what_it_cannot_represent(tmp_path):
         methods.load(load("mmpt-tiny-random"), folder)
 
 
+BAD_ADAPTER_CONFIGS = {
+    "a list": ([], "not the object"),
+    "a string": ("lora", "not the object"),
+    "no r": ({"r": None}, "'r'"),
+    "no lora_alpha": ({"lora_alpha": None}, "'lora_alpha'"),
+    "r null": ({"r": "null"}, "r must be a whole number"),
+    "r list": ({"r": [16]}, "r must be a whole number"),
+    "r 16.7": ({"r": 16.7}, "r must be a whole number"),
+    "r text": ({"r": "abc"}, "r must be a whole number"),
+    "r 0": ({"r": 0}, "r: must be"),
+    "r -4": ({"r": -4}, "r: must be"),
+    "r huge": ({"r": 2**63}, "r: must be"),
+    "alpha NaN": ({"lora_alpha": float("nan")}, "lora_alpha: must be"),
+    "alpha Infinity": ({"lora_alpha": float("inf")}, "lora_alpha: must be"),
+    "alpha -32": ({"lora_alpha": -32}, "lora_alpha: must be"),
+    "alpha text": ({"lora_alpha": "x"}, "lora_alpha must be a number"),
+    "dropout 1.5": ({"lora_dropout": 1.5}, "lora_dropout: must be"),
+    "layers_to_transform": ({"layers_to_transform": [0]}, "layers_to_transform"),
+    "layer_replication": ({"layer_replication": [[0, 1]]}, "layer_replication"),
+    "exclude_modules": ({"exclude_modules": ["q_proj"]}, "exclude_modules"),
+    "trainable_token_indices": ({"trainable_token_indices": [1, 2]}, "trainable_token_indices"),
+    "use_dora": ({"use_dora": True}, "use_dora"),
+    "an option of a later PEFT": ({"lora_future_trick": 3}, "lora_future_trick"),
+    "another PEFT type": ({"peft_type": "IA3"}, "LoRA adapters only"),
+}
+
+
+@pytest.fixture(scope="module")
+def adapter_folder(tmp_path_factory) -> Path:
+    folder, _ = _peft_lora_folder(tmp_path_factory.mktemp("peft"))
+    return folder
+
+
+@pytest.mark.parametrize("case", list(BAD_ADAPTER_CONFIGS))
+def test_peft_import_checks_every_adapter_setting(adapter_folder, tmp_path, case):
+    """adapter_config.json with wrong types, ranges or options that change the computation: one line naming the
+    file and the key, never a traceback, never a silent import (issue 20)."""
+    import shutil
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter_folder, folder)
+    change, expected = BAD_ADAPTER_CONFIGS[case]
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    if isinstance(change, dict):
+        for key, value in change.items():
+            if value is None:
+                cfg.pop(key)
+            else:
+                cfg[key] = None if value == "null" else value
+    else:
+        cfg = change
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as info:
+        methods.load(load("mmpt-tiny-random"), folder)
+    message = str(info.value)
+    assert expected in message and "adapter_config.json" in message and "\n" not in message
+
+
+def test_peft_import_refuses_deep_nesting_half_adapters_and_plain_folders(adapter_folder, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from mmpt.cli import main
+
+    folder = tmp_path / "adapter"
+    shutil.copytree(adapter_folder, folder)
+    (folder / "adapter_config.json").write_text("[" * 10000 + "]" * 10000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        methods.load(load("mmpt-tiny-random"), folder)
+    shutil.copy(adapter_folder / "adapter_config.json", folder / "adapter_config.json")
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "lora_B" not in k}, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(ValueError, match="has only lora_A"):
+        methods.load(load("mmpt-tiny-random"), folder)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(FileNotFoundError, match="not a PEFT adapter"):
+        methods.load(load("mmpt-tiny-random"), plain)
+    assert main(["import", str(folder), "--model", "mmpt-tiny-random", "--out", str(tmp_path / "x.safetensors")]) != 0
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_push_to_hub_uploads_each_adapter(tmp_path, monkeypatch):
     import huggingface_hub
 

@@ -202,3 +202,12 @@ def test_cli_train_smoke_validates_without_crashing(items: list[str]) -> None:
 def test_every_float_must_be_finite(key: str, value: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{key.replace('.', '[.]')}: must be a finite number"):
         load_run_config(QUICKSTART, [f"{key}={value}"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="fp16 is honoured on a CUDA GPU")
+def test_fp16_without_a_gpu_is_refused_not_silently_fp32():
+    from mmpt.precision import resolve_precision
+
+    with pytest.raises(ConfigError, match="needs a CUDA GPU") as info:
+        resolve_precision("fp16")
+    assert "\n" not in str(info.value)

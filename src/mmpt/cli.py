@@ -70,9 +70,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from mmpt.inference import predict_many, predict_one
 
-    for flag, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens)):
-        if value < 1:
-            raise ConfigError(f"{flag}: must be at least 1, got {value}")
+    _check_generation_flags(args)
     options = dict(model=args.model, run_dir=args.run, task=args.task, max_new_tokens=args.max_new_tokens,
                    num_beams=args.num_beams)
     if Path(args.image).is_file() and Path(args.image).suffix != ".jsonl":
@@ -84,9 +82,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_generation_flags(args: argparse.Namespace) -> None:
+    """Bound ``predict`` / ``chat`` flags before any model loads (as the config keys they mirror)."""
+    from mmpt.config import MAX_BATCH, MAX_TOKENS
+
+    bounds = {"--batch-size": (getattr(args, "batch_size", 1), MAX_BATCH),
+              "--max-new-tokens": (args.max_new_tokens, MAX_TOKENS), "--num-beams": (getattr(args, "num_beams", 1), 100)}
+    for flag, (value, high) in bounds.items():
+        if value is not None and not 1 <= value <= high:
+            raise ConfigError(f"{flag}: must be an integer from 1 to {high}, got {value}")
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     from mmpt.inference import Predictor, chat
 
+    _check_generation_flags(args)
     task = args.task or ("instruct" if args.run is None else None)
     chat(Predictor(args.model, args.run, task, args.max_new_tokens, batch_size=1), args.image)
     return 0

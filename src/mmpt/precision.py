@@ -33,6 +33,11 @@ def resolve_precision(requested: str) -> str:
         why = "native bfloat16" if chosen == "bf16" else "no native bfloat16 on this device; emulated it is ~40x slower"
         print(f"mmpt: train.precision auto -> {chosen} ({why})")
         return chosen
+    if requested == "fp16" and not torch.cuda.is_available():
+        from mmpt.config import ConfigError
+
+        raise ConfigError("train.precision=fp16: float16 training (autocast with loss scaling) needs a CUDA GPU and "
+                          "this machine has none (it would train in fp32 without a word); use auto, bf16 or fp32")
     if requested == "bf16" and not torch.cuda.is_available() and not native_bf16():
         log.warning("train.precision=bf16 on a CPU without native bfloat16: it is emulated and ~40x slower than "
                     "fp32 here; use train.precision=auto (or fp32)")

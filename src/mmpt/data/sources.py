@@ -56,6 +56,8 @@ def _hf_splits(data: DataConfig, name: str) -> tuple[list[Sample], list[Sample]]
         except DataError as exc:
             if f"has no split {split!r}" not in str(exc):
                 raise
+    log.warning("hf:%s has no validation, val or test split: the run trains without an evaluation (never on its "
+                "training rows); save the dataset with one of those splits", name)
     return train, []
 
 

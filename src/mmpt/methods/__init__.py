@@ -119,6 +119,10 @@ def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True)
         from mmpt.methods.lora.peft_import import import_peft
 
         return import_peft(loaded, path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a folder but not a PEFT adapter (no adapter_config.json); give an mmpt "
+                                "method file (<method>.safetensors) or a folder PEFT saved (adapter_config.json + "
+                                "adapter_model.safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"method checkpoint {path} does not exist")
     what = "use another copy (e.g. the run's best/ or checkpoint/) or train it again"
@@ -128,6 +132,8 @@ def load(loaded: LoadedModel, path: str | Path, strict_fingerprint: bool = True)
     try:
         raw = json.loads(meta["config"])
         config = from_dict(get_method(raw["name"]).config_cls, raw, "method")
+    except RecursionError:
+        raise IntegrityError(f"{path}: its method config is nested too deeply (not what mmpt writes); {what}") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{path}: its method config is damaged ({exc!r}); {what}") from None
     expected = meta.get("base_fingerprint", "")

@@ -17,6 +17,7 @@ A record missing its question/answer/caption or with an unreadable image is one 
 from __future__ import annotations
 
 import io
+import math
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -47,11 +48,15 @@ def load_split(path: str, split: str) -> Any:
             loaded = datasets.load_from_disk(str(local))
         else:
             loaded = datasets.load_dataset(str(local) if local.is_dir() else path)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, ConnectionError, OSError, RecursionError,
+            datasets.exceptions.DatasetsError) as exc:  # ArrowInvalid is a ValueError: mixed types in a column
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"Hugging Face dataset {path!r} could not be read offline ({first}); give a folder saved "
                         "with save_to_disk, a folder of data files, or a hub id already in the local cache") from None
-    if isinstance(loaded, datasets.Dataset):
+    if isinstance(loaded, datasets.Dataset):  # one saved Dataset: its rows are the training split, nothing else
+        if split not in ("", "train"):
+            raise DataError(f"Hugging Face dataset {path!r} has no split {split!r}; its splits: train (one saved "
+                            "Dataset; save a DatasetDict with a validation split to evaluate on other rows)")
         return loaded
     splits = list(loaded)
     if not split and len(splits) == 1:
@@ -78,6 +83,28 @@ def _image(value: Any, root: Path, where: str) -> np.ndarray | Path:
             raise DataError(f"{where}: image file {path} not found")
         return path
     raise DataError(f"{where}: no image (got {type(value).__name__})")
+
+
+def _text(value: Any, where: str, column: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: the {column} is {_shown(value)}, not text; fix the row or skip it "
+                        "(data.on_error: skip)")
+    return value
+
+
+def _box(value: Any, where: str) -> tuple[float, float, float, float]:
+    numbers = list(value) if isinstance(value, list | tuple) else []
+    if len(numbers) != 4 or not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                                    for v in numbers):
+        raise DataError(f"{where}: the box is {_shown(value)}; a box is 4 finite numbers; fix the row or skip "
+                        "it (data.on_error: skip)")
+    x, y, a, b = (float(v) for v in numbers)
+    return x, y, a, b
+
+
+def _shown(value: Any) -> str:
+    """A short readable form of a cell for messages."""
+    return repr(value)[:60]
 
 
 def _answers(value: Any, where: str) -> list[str]:
@@ -138,14 +165,14 @@ def read_hf(
 
                 with Image.open(image) as opened:
                     size = opened.size
-            x, y, a, b = (float(v) for v in row[present["box"]])
+            x, y, a, b = _box(row[present["box"]], where)
             box = (x, y, x + a, y + b) if box_format == "xywh" else (x, y, a, b)
-            prompt = prompt_template.format(question=row[present["question"]])
+            prompt = prompt_template.format(question=_text(row[present["question"]], where, "question"))
             return [Sample(image, prompt, box_to_text(box, size), "", record_id, record_id, box=box, image_size=size)]
         if "question" in present:
             answers = _answers(row.get(present.get("answers", ""), ""), where)
             target = Counter(answers).most_common(1)[0][0]
-            prompt = prompt_template.format(question=row[present["question"]])
+            prompt = prompt_template.format(question=_text(row[present["question"]], where, "question"))
             return [Sample(image, prompt, target, "", record_id, record_id, tuple(answers), image_size=size)]
         captions = _answers(row[present["caption"]], where)
         return [Sample(image, CAPTION_PROMPT, captions[0], "", record_id, record_id, tuple(captions),

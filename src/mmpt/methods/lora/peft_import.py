@@ -27,6 +27,56 @@ def lora_modules(loaded: LoadedModel, method: Any) -> dict[str, Any]:
 
 
 
+# adapter_config.json keys that mmpt reads (r, lora_alpha, lora_dropout), or that do not change what a saved adapter
+# computes (bookkeeping; initialisation schemes, whose result is in the weights; target_modules, which the
+# weights' names say exactly). Every other key must hold its default (null, false, {}, [] or "none"): anything
+# else changes the computation in a way mmpt's LoRA does not reproduce, and is refused by name.
+KNOWN_KEYS = {"peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+              "inference_mode", "r", "lora_alpha", "lora_dropout", "target_modules", "init_lora_weights",
+              "loftq_config", "eva_config", "corda_config", "lora_ga_config", "megatron_core", "qalora_group_size"}
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_adapter_config(path: Path) -> tuple[int, float, float]:
+    """``(r, lora_alpha, lora_dropout)`` of a PEFT ``adapter_config.json``, checked: a JSON object of LoRA
+    settings, each of the right type and range, no option that changes the computation beyond mmpt's LoRA.
+    Every problem is one line naming the file, the key and the fix."""
+    from mmpt.methods.lora import LoRAConfig
+
+    fix = "re-save the adapter with PEFT (LoraConfig)"
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise IntegrityError(f"{path}: {path.stat().st_size:,} bytes, not an adapter config (PEFT writes ~1 KB); {fix}")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        why = "nested too deeply" if isinstance(exc, RecursionError) else f"not valid JSON ({exc})"
+        raise IntegrityError(f"{path}: {why}; {fix}") from None
+    if not isinstance(cfg, dict):
+        raise IntegrityError(f"{path}: a JSON {type(cfg).__name__}, not the object of settings PEFT writes; {fix}")
+    if cfg.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: PEFT type {str(cfg.get('peft_type'))[:40]!r}; mmpt imports LoRA adapters only")
+    bad = sorted(k for k, v in cfg.items() if k not in KNOWN_KEYS and v not in (None, False, {}, [], "none"))
+    if bad:
+        shown = ", ".join(f"{k}={json.dumps(cfg[k])[:40]}" for k in bad[:4])
+        raise ValueError(f"{path}: uses {shown}, which mmpt's LoRA does not support (it would compute something "
+                         "else); merge or convert the adapter without them")
+    for key in ("r", "lora_alpha"):
+        if key not in cfg:
+            raise IntegrityError(f"{path}: no {key!r}; {fix}")
+    r, alpha, dropout = cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0)
+    if isinstance(r, bool) or not isinstance(r, int):
+        raise IntegrityError(f"{path}: r must be a whole number such as 16, got {json.dumps(r)[:40]}; {fix}")
+    for key, value in (("lora_alpha", alpha), ("lora_dropout", dropout)):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise IntegrityError(f"{path}: {key} must be a number, got {json.dumps(value)[:40]}; {fix}")
+    try:
+        LoRAConfig(r=r, alpha=float(alpha), dropout=float(dropout)).validate()
+    except ValueError as exc:
+        named = str(exc).replace("alpha:", "lora_alpha:", 1).replace("dropout:", "lora_dropout:", 1)
+        raise IntegrityError(f"{path}: {named}") from None
+    return r, float(alpha), float(dropout)
+
+
 def import_peft(loaded: LoadedModel, folder: str | Path) -> Method:
     """Apply a PEFT LoRA adapter folder to ``loaded`` as mmpt's ``lora`` (same computation as PEFT's).
 
@@ -45,17 +95,7 @@ def import_peft(loaded: LoadedModel, folder: str | Path) -> Method:
         pickled = folder / "adapter_model.bin"
         raise ValueError(f"{folder} has no {PEFT_WEIGHTS}" + (" (only adapter_model.bin, a pickle, which mmpt never "
                          "loads: convert it with safetensors where you trust it)" if pickled.exists() else ""))
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IntegrityError(f"{cfg_file}: not valid JSON ({exc})") from None
-    if cfg.get("peft_type") != "LORA":
-        raise ValueError(f"{folder}: PEFT type {cfg.get('peft_type')!r}; mmpt imports LoRA adapters only")
-    unsupported = {"use_dora": False, "use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}, "bias": "none",
-                   "modules_to_save": None, "fan_in_fan_out": False, "lora_bias": False, "target_parameters": None}
-    bad = [k for k, ok in unsupported.items() if cfg.get(k, ok) not in (ok, None, {}, [], False)]
-    if bad:
-        raise ValueError(f"{folder}: uses {', '.join(bad)}, which mmpt's LoRA does not support")
+    r, alpha, dropout = read_adapter_config(cfg_file)
     tensors = read_safetensors(weights, "re-export the adapter", "cpu")
     check_finite(tensors, str(weights), "the adapter holds non-finite weights")
     by_module: dict[str, dict[str, torch.Tensor]] = {}
@@ -64,6 +104,10 @@ def import_peft(loaded: LoadedModel, folder: str | Path) -> Method:
             raise ValueError(f"{weights}: unexpected tensor {key!r} (not a LoRA A/B weight)")
         name, part = key[len("base_model.model."):].rsplit(".", 2)[0], key.rsplit(".", 2)[1]
         by_module.setdefault(name, {})[part] = value
+    halves = sorted(name for name, parts in by_module.items() if len(parts) != 2)
+    if halves:
+        raise ValueError(f"{weights}: module {halves[0]} has only {next(iter(by_module[halves[0]]))} (a LoRA "
+                         "adapter needs lora_A and lora_B for each module); the file is incomplete: re-export it")
     towers, leaves = set(), set()
     for name in by_module:
         tower = next((t for t, spec in loaded.family.towers.items() if spec.layers and name.startswith(spec.layers + ".")),
@@ -73,9 +117,7 @@ def import_peft(loaded: LoadedModel, folder: str | Path) -> Method:
                              f"({', '.join(loaded.family.towers)}); mmpt's LoRA adapts tower blocks only")
         towers.add(tower)
         leaves.add(name.rsplit(".", 1)[-1])
-    config = LoRAConfig(r=int(cfg["r"]), alpha=float(cfg["lora_alpha"]),
-                                dropout=float(cfg.get("lora_dropout", 0.0)), targets=sorted(leaves),
-                                towers=sorted(towers))
+    config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=sorted(leaves), towers=sorted(towers))
     method = apply(loaded, config)
     modules = lora_modules(loaded, method)
     missing = sorted(set(by_module) - set(modules))
