@@ -30,6 +30,7 @@ from mmpt.integrity import (
     verify_manifest,
     write_manifest,
 )
+from mmpt.readback import SCORE, STATE, check
 from mmpt.runfolder import remove_tree
 
 log = logging.getLogger("mmpt")
@@ -97,8 +98,10 @@ def read_best(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     best = verified_json(path, f"delete {folder} to let the run choose a new best, or keep it and ignore it")
-    if not isinstance(best, dict) or not {"score", "tag"} <= set(best):
-        raise IntegrityError(f"{path}: not the score file mmpt writes; delete {folder} to let the run choose anew")
+    problem = check(best, SCORE)
+    if problem:
+        raise IntegrityError(f"{path}: not the score file mmpt writes ({problem}); delete {folder} to let the run "
+                             "choose anew")
     return best
 
 
@@ -165,6 +168,9 @@ def _read_state_json(folder: Path) -> TrainState:
     if not isinstance(raw, dict) or set(raw) - known or "step" not in raw:
         unknown = sorted(set(raw) - known) if isinstance(raw, dict) else []
         raise IntegrityError(f"{path}: not the state mmpt writes" + (f" (unknown keys {unknown})" if unknown else ""))
+    problem = check(raw, STATE)
+    if problem:
+        raise IntegrityError(f"{path}: not the state mmpt writes ({problem})")
     try:
         state = TrainState(**raw)
     except TypeError as exc:

@@ -162,9 +162,14 @@ def push_to_hub(folders: list[Path], repo_id: str, private: bool = True) -> str:
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
     from mmpt.integrity import verified_json
+    from mmpt.readback import METRICS, check
 
     path = run_dir / "metrics.json"
-    return verified_json(path, "") if path.is_file() else {}
+    metrics = verified_json(path, "") if path.is_file() else {}
+    problem = check(metrics, METRICS)
+    if problem:
+        raise ValueError(f"{path}: not the metrics mmpt writes ({problem}); re-run `mmpt eval` on {run_dir}")
+    return metrics
 
 
 def model_card(config: Any, method: str, metrics: dict[str, Any], run_dir: Path, usage: str = "",

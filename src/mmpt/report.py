@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpt.data import Sample
+from mmpt.readback import ANALYSIS, METRICS, check, read_checked
 from mmpt.runconfig import RunConfig
 from mmpt.runfolder import inside, refuse_links, write_text, writing
 
@@ -118,8 +119,6 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     (earlier rows are kept; the header grows when new metrics appear)."""
     import csv
 
-    import yaml
-
     from mmpt.integrity import verified_json
 
     rows: list[dict[str, Any]] = []
@@ -139,12 +138,13 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
                 skipped.append(f"{run_dir} (no metrics.json: the run failed or was stopped before its checkpoint)")
             continue
         m = verified_json(path, f"re-run `mmpt eval` on {run_dir} or leave it out of the report")
-        if not isinstance(m, dict):
-            raise ValueError(f"{path}: not the metrics mmpt writes (a JSON object); leave {run_dir} out of the report")
+        problem = check(m, METRICS)
+        if problem:
+            raise ValueError(f"{path}: not the metrics mmpt writes ({problem}); leave {run_dir} out of the report")
         after = m.get("after", {})
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+        cfg = _run_config(run_dir)
         row: dict[str, Any] = {"run": run_dir.name, "task": cfg.get("task", ""),
-                               "model": (cfg.get("model") or {}).get("name", ""),
+                               "model": cfg["model"].get("name", "") if isinstance(cfg.get("model"), dict) else "",
                                "stages": "+".join(s["name"] for s in m.get("stages", [])),
                                "train_samples": m.get("train", {}).get("samples", "")}
         row["trainable"] = m.get("parameters", {}).get("trainable", "")
@@ -160,6 +160,8 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     lines = ["| " + " | ".join(keys) + " |", "|" + " --- |" * len(keys)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     if csv_path is not None:
+        if csv_path.is_dir():
+            raise ValueError(f"--csv {csv_path} is a folder; give a file name such as {csv_path / 'runs.csv'}")
         old: list[dict[str, str]] = []
         if csv_path.exists():  # keep every earlier row; widen the header when these runs bring new metrics
             with open(csv_path, newline="") as f:
@@ -173,6 +175,25 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     if skipped:
         lines += ["", "Left out: " + "; ".join(skipped)]
     return "\n".join(lines)
+
+
+def _run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` as a mapping for the report's columns ({} when absent); one line when it is not
+    YAML or not a mapping."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not YAML ({str(exc).splitlines()[0]}); restore it or leave {run_dir} out of "
+                         "the report") from None
+    if cfg is not None and not isinstance(cfg, dict):
+        raise ValueError(f"{path}: a YAML {type(cfg).__name__}, not the config mmpt writes; restore it or leave "
+                         f"{run_dir} out of the report")
+    return cfg or {}
 
 
 def _relative(path: Path, out: Path | None) -> str:
@@ -200,11 +221,11 @@ def sweep_section(folder: Path, out: Path | None = None) -> str:
 
 def analysis_section(folder: Path, out: Path | None = None) -> str:
     """An analysis folder's markdown section, its images linked relative to the report."""
-    import json
     import re
 
     refuse_links(folder)
-    name = json.loads((folder / "analysis.json").read_text())["analysis"]
+    name = read_checked(folder / "analysis.json", ANALYSIS, f"run the analysis again (mmpt analyze) into {folder}")[
+        "analysis"]
     text = inside(folder, f"{name}.md", folder / "analysis.json").read_text()
     return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"![{m[1]}]({_relative(folder / m[2], out)})", text)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpt.config import ConfigError
+from mmpt.readback import SWEEP, read_checked
 from mmpt.runconfig import load_run_config, smoke
 from mmpt.runfolder import write_text
 
@@ -129,7 +130,8 @@ def _record(folder: Path, config_path: str | Path, axes: dict[str, list[str]], f
             points: list[dict[str, str]], configs: list[Any], smoke_mode: bool) -> None:
     """Write ``sweep.json``; a sweep re-run with more values adds its new points to the recorded ones."""
     path = folder / "sweep.json"
-    recorded: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    recorded: dict[str, Any] = read_checked(path, SWEEP, "sweep into another output_dir, or restore the file") \
+        if path.is_file() else {}
     if recorded and list(recorded.get("axes", {})) != list(axes):
         raise ConfigError(f"{folder} holds a sweep over {', '.join(recorded['axes'])}, not {', '.join(axes)}: "
                           "give another output_dir or sweep the same keys")

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any
 
+from mmpt.readback import SWEEP, read_checked
 from mmpt.runconfig import load_run_config
-from mmpt.runfolder import FIX, RunFolderError, plain_name, save_figure
+from mmpt.runfolder import FIX, RunFolderError, plain_name, refuse_links, save_figure
 
 
 def summarize(folder: Path, metric: str | None = None) -> tuple[list[dict[str, Any]], str]:
@@ -18,7 +18,8 @@ def summarize(folder: Path, metric: str | None = None) -> tuple[list[dict[str, A
     from mmpt.integrity import verified_json
     from mmpt.tasks import main_metric
 
-    spec = json.loads((folder / "sweep.json").read_text())
+    refuse_links(folder)
+    spec = read_checked(folder / "sweep.json", SWEEP, f"run the sweep again (mmpt sweep) into {folder}")
     keys = [k for k in spec["axes"] if k != "seed"]
     groups: dict[tuple[str, ...], list[float]] = {}
     missing: dict[tuple[str, ...], int] = {}

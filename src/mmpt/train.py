@@ -45,7 +45,7 @@ from mmpt.data.batching import LengthGroupedSampler
 from mmpt.data.sources import build_data
 from mmpt.data.validate import check_lengths
 from mmpt.guard import NumericGuard, gradients_finite
-from mmpt.integrity import write_manifest
+from mmpt.integrity import IntegrityError, write_manifest
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
 from mmpt.models.towers import TowerCache, cache_frozen_towers
@@ -276,6 +276,7 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         resume_dir, state = resolve_checkpoint(Path(resume)) if resume is not None else (None, TrainState())
         if resume_dir is not None:
             check_resume_config(resume_dir, to_dict(config))
+            check_resume_state(resume_dir, state, len(config.stage_list()))
         train_samples, eval_samples = build_data(config.data, config.seed)  # bad data fails before any folder
         if not train_samples:
             raise ConfigError("data: no training samples; give data.train (mmpt eval evaluates without training)")
@@ -297,6 +298,20 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     finally:
         if lock is not None:
             lock.release()
+
+
+def check_resume_state(folder: Path, state: TrainState, stages: int) -> None:
+    """The checkpoint's position must fit the run: a stage within its stages, one finished-stage record per
+    finished stage (a hand-edited ``state.json`` otherwise resumes into a wrong place or fails late)."""
+    path = folder / "state.json"
+    if state.stage > stages or (state.stage == stages and state.step):
+        raise IntegrityError(f"{path}: stage {state.stage + 1} (step {state.step}) but the run has {stages} stage(s); "
+                             "the file was edited: restore it, or resume from checkpoint.1 by removing checkpoint/")
+    recorded = len(state.metrics.get("stages", []))
+    if recorded != state.stage:
+        raise IntegrityError(f"{path}: {recorded} finished stage(s) recorded in metrics.stages for stage index "
+                             f"{state.stage}; the file was edited: restore it, or resume from checkpoint.1 by "
+                             "removing checkpoint/")
 
 
 class Interrupted(KeyboardInterrupt):

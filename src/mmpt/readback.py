@@ -1,0 +1,151 @@
+"""One checked reader for the JSON files mmpt writes and reads back (checkpoint state, best score, metrics,
+sweep and analysis records): a run folder may have been edited by hand or come from someone else.
+
+:func:`read_checked` parses a file (size and nesting bounded) and checks it against a small schema: the type of
+each key mmpt reads (nested), and which keys must be there. Every problem is one :class:`ReadBackError` line
+naming the file, the key path and the fix; nothing downstream sees a value of the wrong type.
+
+Schemas are plain data: a type (``int``, ``str``, :data:`NUMBER` for int or float), :class:`Opt` (also null),
+:class:`Obj` (an object: its checked keys, the required ones), :class:`ListOf` and :class:`MapOf`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_BYTES = 64 << 20
+"""Largest JSON file mmpt reads back (a metrics file with per-kind scores is a few KB)."""
+
+
+class ReadBackError(ValueError):
+    """A file mmpt wrote does not hold what mmpt writes; the message names the file, the key and the fix."""
+
+
+class Number:
+    """An int or float (never a bool); finite unless ``nonfinite``."""
+
+
+NUMBER = Number
+
+
+@dataclass(frozen=True)
+class Opt:
+    """``spec`` or null."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list whose items match ``spec``."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """An object whose values all match ``spec``."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
+class Obj:
+    """An object: ``fields`` are checked where present, ``required`` must be present; other keys pass."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+
+
+def _describe(spec: Any) -> str:
+    if spec is Number:
+        return "a number"
+    if isinstance(spec, type):
+        return {int: "an integer", str: "a string", bool: "true or false", float: "a number"}.get(spec, spec.__name__)
+    if isinstance(spec, Opt):
+        return f"{_describe(spec.spec)} or null"
+    if isinstance(spec, ListOf):
+        return "a list"
+    return "an object"
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, default=str)[:40]
+
+
+def check(value: Any, spec: Any, where: str = "") -> str:
+    """Why ``value`` does not match ``spec`` (``"key.path: must be ..., got ..."``), or "" when it does."""
+    here = where or "the file"
+    if isinstance(spec, Opt):
+        return "" if value is None else check(value, spec.spec, where)
+    if spec is Number:
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        return "" if ok else f"{here}: must be a finite number, got {_shown(value)}"
+    if isinstance(spec, type):
+        ok = isinstance(value, spec) and (spec is bool or not isinstance(value, bool))
+        return "" if ok else f"{here}: must be {_describe(spec)}, got {_shown(value)}"
+    if isinstance(spec, ListOf):
+        if not isinstance(value, list):
+            return f"{here}: must be a list, got {_shown(value)}"
+        return next((p for i, item in enumerate(value) if (p := check(item, spec.spec, f"{where}[{i}]"))), "")
+    if not isinstance(value, dict):
+        return f"{here}: must be an object, got {_shown(value)}"
+    if isinstance(spec, MapOf):
+        return next((p for k, v in value.items() if (p := check(v, spec.spec, f"{where}.{k}" if where else k))), "")
+    missing = [k for k in spec.required if k not in value]
+    if missing:
+        return f"{here}: no {missing[0]!r}"
+    return next((p for k, s in spec.fields.items()
+                 if k in value and (p := check(value[k], s, f"{where}.{k}" if where else k))), "")
+
+
+def read_checked(path: Path, spec: Any, fix: str, text: str | None = None) -> Any:
+    """Parse the JSON file ``path`` (or its ``text`` already read) and check it against ``spec``; raises
+    :class:`ReadBackError` ``"<path>: <key>: must be ..., got ...; <fix>"``."""
+    if text is None:
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise ReadBackError(f"{path}: {size:,} bytes, far more than mmpt writes there; {fix}")
+        text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ReadBackError(f"{path}: nested too deeply, not what mmpt writes; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ReadBackError(f"{path}: not JSON ({exc}); {fix}") from None
+    problem = check(value, spec)
+    if problem:
+        raise ReadBackError(f"{path}: {problem}; {fix}")
+    return value
+
+
+STATE = Obj({"stage": int, "step": int, "epoch": int, "batches_in_epoch": int, "seen": int, "seconds": NUMBER,
+             "running_loss": Opt(NUMBER), "metrics": Obj({"stages": ListOf(dict)}), "best_score": Opt(NUMBER),
+             "best_step": str}, required=("stage", "step"))
+"""``checkpoint/state.json`` (:class:`mmpt.checkpoint.TrainState`)."""
+
+SCORE = Obj({"score": NUMBER, "tag": str, "metric": str}, required=("score", "tag"))
+"""``best/score.json``."""
+
+METRICS = Obj({
+    "before": dict, "after": dict,
+    "stages": ListOf(Obj({"name": str, "methods": ListOf(str)}, required=("name",))),
+    "train": Obj({"steps": int, "samples": int, "seconds": NUMBER, "samples_per_s": NUMBER,
+                  "final_loss": Opt(NUMBER)}),
+    "parameters": Obj({"trainable": int, "total": int, "percent": NUMBER}),
+    "cost": Obj({"wall_seconds": NUMBER, "peak_rss_mib": Opt(NUMBER)}),
+    "best": Obj({"tag": str}),
+})
+"""A run's ``metrics.json`` (the parts reports and exports read)."""
+
+SWEEP = Obj({"axes": MapOf(ListOf(str)), "fixed": ListOf(str), "smoke": bool,
+             "runs": ListOf(Obj({"name": str, "values": MapOf(str)}, required=("name", "values")))},
+            required=("axes", "runs"))
+"""A sweep folder's ``sweep.json``."""
+
+ANALYSIS = Obj({"analysis": str, "settings": dict}, required=("analysis",))
+"""An analysis folder's ``analysis.json``."""
