@@ -234,7 +234,8 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
 
 
 def test_bad_analysis_options_stop_with_one_line(prefix_run, tmp_path, capsys):
-    for options, message in ((["--eps", "0,-0.1"], "--eps: give epsilons >= 0"),
+    for options, message in ((["--eps", "0,-0.1"], "--eps: give finite epsilons in [0, 1]"),
+                             (["--eps", "nan"], "--eps: give finite epsilons in [0, 1]"),
                              (["--threshold", "1.5"], "--threshold must be in (0, 1]"),
                              (["--samples", "0"], "--samples must be at least 1")):
         analysis = "fgsm" if "--eps" in options else "rank"

@@ -79,7 +79,8 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     max_leaves=12)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture],
+          derandomize=True, database=None)
 @given(name=st.sampled_from(list(VALID)), value=JSON, key=st.integers(0, 50))
 def test_random_documents_and_random_edits_are_one_line_or_valid(name, value, key, tmp_path):
     spec, doc = VALID[name]

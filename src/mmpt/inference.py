@@ -12,7 +12,10 @@ import torch
 from mmpt import methods, models
 from mmpt.config import ConfigError
 from mmpt.data import Sample
+from mmpt.data.formats.common import text_problem
+from mmpt.data.sample import DataError
 from mmpt.data.sources import build_data
+from mmpt.data.validate import fit_context
 from mmpt.integrity import write_manifest
 from mmpt.paths import unique_run_dir
 from mmpt.runconfig import EvalConfig, load_run_config, model_kwargs, smoke
@@ -84,6 +87,7 @@ def evaluate_config(
     _, samples = build_data(config.data, config.seed)
     if not samples:
         raise ConfigError("data: no evaluation samples (give data.eval, or eval_size > 0)")
+    samples = fit_context(loaded, samples, config.data.on_error, "data.eval", config.eval.max_new_tokens)
     result = evaluate_task(config.task, loaded.model, loaded.processor, samples, config.eval, progress=progress)
     if run_dir is not None:
         out = unique_run_dir(replace(config, output_dir=str(run_dir), name=f"eval-{config.name}"))
@@ -132,7 +136,13 @@ class Predictor:
 
     def __call__(self, samples: list[Sample], progress: bool = False) -> list[str]:
         """Answers for ``samples``, batched: an answer head, ranked candidates or generation, as the run's
-        evaluation does it."""
+        evaluation does it. Each prompt must be valid text and fit the model's context with the tokens to
+        generate (one-line :class:`~mmpt.data.sample.DataError` otherwise)."""
+        for sample in samples:
+            problem = text_problem(sample.prompt)
+            if problem:
+                raise DataError(f"input {sample.id or sample.image}: the prompt is not valid text: {problem}")
+        samples = fit_context(self.loaded, samples, "raise", "input", self.eval_config.max_new_tokens)
         return predict_task(self.task, self.loaded.model, self.loaded.processor, samples, self.eval_config,
                             progress=progress)
 

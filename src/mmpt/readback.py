@@ -77,6 +77,11 @@ def _shown(value: Any) -> str:
     return json.dumps(value, default=str)[:40]
 
 
+def _name(key: str) -> str:
+    """A key from the file as it may appear in a one-line message (escaped, at most 40 characters)."""
+    return json.dumps(key)[1:-1][:40]
+
+
 def check(value: Any, spec: Any, where: str = "") -> str:
     """Why ``value`` does not match ``spec`` (``"key.path: must be ..., got ..."``), or "" when it does."""
     here = where or "the file"
@@ -95,7 +100,8 @@ def check(value: Any, spec: Any, where: str = "") -> str:
     if not isinstance(value, dict):
         return f"{here}: must be an object, got {_shown(value)}"
     if isinstance(spec, MapOf):
-        return next((p for k, v in value.items() if (p := check(v, spec.spec, f"{where}.{k}" if where else k))), "")
+        return next((p for k, v in value.items()
+                     if (p := check(v, spec.spec, f"{where}.{_name(k)}" if where else _name(k)))), "")
     missing = [k for k in spec.required if k not in value]
     if missing:
         return f"{here}: no {missing[0]!r}"

@@ -43,7 +43,7 @@ from mmpt.cost import run_cost
 from mmpt.data import Sample
 from mmpt.data.batching import LengthGroupedSampler
 from mmpt.data.sources import build_data
-from mmpt.data.validate import check_lengths
+from mmpt.data.validate import fit_context
 from mmpt.guard import NumericGuard, gradients_finite
 from mmpt.integrity import IntegrityError, write_manifest
 from mmpt.models import VLMProcessor
@@ -120,25 +120,6 @@ def rewind_log(path: Path, stage_names: list[str], stage: int, step: int) -> int
             writer.writerows(kept)
     path.with_suffix(".csv.tmp").replace(path)
     return len(moved)
-
-
-def fit_context(loaded: models.LoadedModel, samples: list[Sample], on_error: str, where: str) -> list[Sample]:
-    """Samples whose prompt + answer (+ image tokens where known) fit the language model's context: longer ones
-    raise a one-line :class:`~mmpt.data.sample.DataError` or, with ``data.on_error: skip``, are left out."""
-    config = loaded.model.config
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    limit = getattr(text_config, "max_position_embeddings", None)
-    processor = loaded.processor
-    tokenizer = getattr(processor, "tokenizer", None)
-    if not isinstance(limit, int) or tokenizer is None:
-        return samples
-    image_tokens = int(getattr(processor, "num_image_tokens", 0) or 0)
-
-    def count(sample: Sample) -> int:
-        text = " ".join([*(turn for pair in sample.context for turn in pair), sample.prompt, sample.target])
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + image_tokens
-
-    return check_lengths(samples, count, limit, on_error, where)
 
 
 def check_metric(config: RunConfig) -> None:
@@ -372,6 +353,7 @@ def _train_in(
                           "pipelines need a processor (a checkpoint folder saved with its processor files)")
     loaded.model.to(accelerator.device)
     train_samples = fit_context(loaded, train_samples, config.data.on_error, "data.train")
+    eval_samples = fit_context(loaded, eval_samples, config.data.on_error, "data.eval", config.eval.max_new_tokens)
     say(f"mmpt: {len(train_samples)} training and {len(eval_samples)} evaluation samples ({config.data.dataset}), "
         f"task {config.task}")
     if resume is not None and main:

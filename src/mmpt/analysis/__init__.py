@@ -36,8 +36,9 @@ ANALYSES = ("rank", "fgsm", "ablate", "similarity")
 def check_options(options: dict[str, Any]) -> None:
     """One-line errors for out-of-range options (``epsilons``, ``threshold``, ``truncate``)."""
     epsilons = options.get("epsilons")
-    if epsilons is not None and (not epsilons or any(eps < 0 for eps in epsilons)):
-        raise ValueError(f"--eps: give epsilons >= 0, e.g. 0,0.01,0.05; got {list(epsilons)}")
+    if epsilons is not None and (not epsilons or not all(0 <= eps <= 1 for eps in epsilons)):  # NaN fails too
+        raise ValueError(f"--eps: give finite epsilons in [0, 1] (pixels in [0, 1]), e.g. 0,0.01,0.05; got "
+                         f"{list(epsilons)}")
     if not 0 < options.get("threshold", 0.9) <= 1:
         raise ValueError(f"--threshold must be in (0, 1], got {options['threshold']}")
     if any(r < 1 for r in options.get("truncate") or ()):

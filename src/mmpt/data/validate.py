@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from mmpt.data.sample import DataError, Sample
 
@@ -59,3 +60,32 @@ def check_lengths(
             where, len(over), limit, longest[0], longest[1],
         )  # fmt: skip
     return kept
+
+
+def context_limit(model: Any) -> int | None:
+    """The language model's context length (``max_position_embeddings`` of its text config), or None."""
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) else None
+
+
+def fit_context(loaded: Any, samples: list[Sample], on_error: str, where: str, new_tokens: int = 0) -> list[Sample]:
+    """Samples whose tokens fit the language model's context: prompt (+ earlier turns) + image tokens, plus the
+    answer when training (``new_tokens=0``) or the tokens to generate (``new_tokens``, evaluation and
+    prediction). Longer ones raise a one-line :class:`~mmpt.data.sample.DataError` or, with ``on_error="skip"``,
+    are left out (:func:`check_lengths`). Models without a known context or tokenizer pass everything."""
+    limit = context_limit(loaded.model)
+    processor = loaded.processor
+    tokenizer = getattr(processor, "tokenizer", None)
+    if limit is None or tokenizer is None:
+        return samples
+    image_tokens = int(getattr(processor, "num_image_tokens", 0) or 0)
+
+    def count(sample: Sample) -> int:
+        parts = [*(turn for pair in sample.context for turn in pair), sample.prompt]
+        if not new_tokens:
+            parts.append(sample.target)
+        return len(tokenizer(" ".join(parts), add_special_tokens=False)["input_ids"]) + image_tokens + new_tokens
+
+    return check_lengths(samples, count, limit, on_error, where)

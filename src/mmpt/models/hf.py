@@ -37,10 +37,22 @@ def load_pretrained(folder: Path, **kwargs: Any) -> tuple[nn.Module, Any, str]:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json; give a folder saved with save_pretrained()")
-    model_type = json.loads(config_file.read_text()).get("model_type", "")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8", errors="replace"))
+    except (json.JSONDecodeError, RecursionError):
+        raise ValueError(f"{config_file}: not a JSON model config; give a folder saved with save_pretrained()") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: not a model config (a JSON object); give a folder saved with save_pretrained()")
+    model_type = str(config.get("model_type", ""))
     family = family_for_model_type(model_type).FAMILY
     cls = getattr(transformers, family.hf_class)
-    model = cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    pickled = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    if not any(folder.glob("*.safetensors")):
+        raise ValueError(f"{folder} holds no .safetensors weights" + (
+            f" (only {', '.join(pickled[:3])}: pickle files, which can run code and which mmpt never loads); convert "
+            "them to safetensors where you trust them (model.save_pretrained(..., safe_serialization=True))"
+            if pickled else "; give a folder saved with save_pretrained()"))
+    model = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **kwargs)
     try:
         processor = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True)
     except Exception:  # noqa: BLE001 - a checkpoint without processor files still tunes from tensors
