@@ -210,3 +210,35 @@ def test_sweep_and_analysis_records_are_checked(tmp_path):
     (analysis / "analysis.json").write_text('{"settings": {}}')
     with pytest.raises(ReadBackError, match="no 'analysis'"):
         full_report([analysis])
+
+
+def test_a_tampered_but_finite_checkpoint_state_is_refused(finished, tmp_path):
+    """step 999 of a 2-step stage, or an optimizer state with another learning rate (checksums recomputed):
+    one line, never a resume with exit 0 (issue 20)."""
+    from mmpt.integrity import load_tree, save_tree
+
+    def resume(folder: Path) -> None:
+        run(load_run_config(folder / "config.yaml"), progress=False, resume=folder)
+
+    base = tmp_path / "base"
+    shutil.copytree(finished, base)
+    shutil.rmtree(base / "checkpoint")  # resume from checkpoint.1: step 1 of 2 of stage 1, with its optimizer
+    assert json.loads((base / "checkpoint.1" / "state.json").read_text())["step"] == 1
+    folder = tmp_path / "step"
+    shutil.copytree(base, folder)
+    _edit(folder / "checkpoint.1", "state.json", lambda s: {**s, "step": 999})
+    with pytest.raises(IntegrityError, match="step 999 of stage 'prefix', which has 2 steps"):
+        resume(folder)
+    folder = tmp_path / "lr"
+    shutil.copytree(base, folder)
+    path = folder / "checkpoint.1" / "optimizer.safetensors"
+    state = load_tree(path, "")
+    for group in state["param_groups"]:
+        group["lr"], group["initial_lr"] = 1e9, 1e9
+    save_tree(state, path)
+    listed = json.loads((folder / "checkpoint.1" / "manifest.json").read_text())["sha256"]
+    write_manifest(folder / "checkpoint.1", list(listed))
+    with pytest.raises(IntegrityError, match="not train.lr=0.05") as info:
+        resume(folder)
+    assert "\n" not in str(info.value)
+    resume(base)  # the untouched state resumes

@@ -281,6 +281,18 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
             lock.release()
 
 
+def check_learning_rates(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
+    """The restored optimizer and scheduler must train with the config's ``train.lr`` (as base rate; the current
+    rate at most that): a checkpoint whose state says otherwise was edited and would train with another rate."""
+    rates = [g.get("initial_lr", lr) for g in optimizer.param_groups] + list(getattr(scheduler, "base_lrs", []))
+    current = [g["lr"] for g in optimizer.param_groups]
+    if any(not math.isclose(r, lr, rel_tol=1e-6) for r in rates) or any(not 0 <= c <= lr * (1 + 1e-6)
+                                                                          for c in current):
+        raise IntegrityError(f"{folder}: its optimizer/scheduler state trains with learning rate(s) "
+                             f"{sorted(set(rates + current))[:3]}, not train.lr={lr}; the state was edited: resume "
+                             "from checkpoint.1 by removing checkpoint/, or start again")
+
+
 def check_resume_state(folder: Path, state: TrainState, stages: int) -> None:
     """The checkpoint's position must fit the run: a stage within its stages, one finished-stage record per
     finished stage (a hand-edited ``state.json`` otherwise resumes into a wrong place or fails late)."""
@@ -473,8 +485,13 @@ def train_stage(
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(tc.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.schedule, min(warmup, total), total))
     if resuming:
-        load_optimizer_state(ctx.resume_dir or ctx.out_dir / "checkpoint", optimizer, scheduler,
-                             accelerator.process_index)
+        folder = ctx.resume_dir or ctx.out_dir / "checkpoint"
+        if state.step > total:
+            raise IntegrityError(f"{folder / 'state.json'}: step {state.step} of stage '{stage.name}', which has "
+                                 f"{total} steps; the file was edited: restore it, or resume from checkpoint.1 by "
+                                 "removing checkpoint/")
+        load_optimizer_state(folder, optimizer, scheduler, accelerator.process_index)
+        check_learning_rates(folder, optimizer, scheduler, tc.lr)
 
     main = ctx.main
     bar = tqdm(total=total, initial=state.step, desc=stage.name, unit="step", disable=not (ctx.progress and main))
