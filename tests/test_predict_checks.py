@@ -60,3 +60,16 @@ def test_a_checkpoint_folder_of_pickles_is_refused_before_loading(tmp_path):
     (folder / "config.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a model config"):
         load_pretrained(folder)
+
+
+def test_predict_jsonl_that_is_not_utf8_names_the_line(tmp_path):
+    from PIL import Image
+
+    from mmpt.inference import read_inputs
+
+    Image.fromarray(IMAGE).save(tmp_path / "a.png")
+    source = tmp_path / "inputs.jsonl"
+    source.write_bytes(b'{"image": "a.png"}\n{"image": "a.png", "prompt": "caf\xe9?"}\n')
+    with pytest.raises(ValueError, match="line 2: not UTF-8") as info:
+        read_inputs(source, "what?")
+    assert "\n" not in str(info.value)

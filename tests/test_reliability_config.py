@@ -211,3 +211,28 @@ def test_fp16_without_a_gpu_is_refused_not_silently_fp32():
     with pytest.raises(ConfigError, match="needs a CUDA GPU") as info:
         resolve_precision("fp16")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override,named", [
+    ("model.name=''", "name: empty"),
+    (f"eval.candidates={'a' * 5000}", "candidates: a string names a file"),
+    ("eval.candidates=[]", "candidates: an empty list"),
+])
+def test_unclear_errors_now_name_the_key(override, named):
+    """model.name '', eval.candidates as a 5,000-character string or an empty list: one line naming the key
+    (issue 20; before: a later traceback or an unclear message)."""
+    from mmpt.runconfig import load_run_config
+
+    with pytest.raises(ConfigError, match=named) as info:
+        load_run_config(None, ["method={name: prefix, length: 2}", override])
+    assert "\n" not in str(info.value)
+
+
+def test_mmpt_cache_pointing_at_a_file_is_one_line(tmp_path, monkeypatch):
+    from mmpt.cache import cache_root
+
+    file = tmp_path / "cache.txt"
+    file.write_text("x")
+    monkeypatch.setenv("MMPT_CACHE", str(file))
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        cache_root()

@@ -38,7 +38,11 @@ TMP_TAG = ".tmp-"
 def cache_root() -> Path:
     """The user cache folder: ``$MMPT_CACHE``, else ``$XDG_CACHE_HOME/mmpt``, else ``~/.cache/mmpt``."""
     if env := os.environ.get("MMPT_CACHE"):
-        return Path(env).expanduser()
+        root = Path(env).expanduser()
+        if root.exists() and not root.is_dir():
+            raise ValueError(f"MMPT_CACHE={env} is a file, not a folder; point MMPT_CACHE at a folder (it is "
+                             "created if missing) or unset it")
+        return root
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "mmpt"
 

@@ -175,7 +175,11 @@ def read_inputs(source: str | Path, prompt: str) -> list[Sample]:
     if source.suffix != ".jsonl":
         raise ValueError(f"{source}: give an image, a folder of images or a .jsonl file of {{image, prompt}} rows")
     samples = []
-    for n, line in enumerate(source.read_text().splitlines(), 1):
+    for n, raw in enumerate(source.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{source} line {n}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
         if not line.strip():
             continue
         try:

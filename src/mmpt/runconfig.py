@@ -60,6 +60,8 @@ class ModelConfig:
     def validate(self) -> None:
         from mmpt.models import list_models
 
+        check(bool(self.name.strip()), "name: empty; give a registered model (mmpt models lists them, e.g. "
+              "mmpt-tiny), a local checkpoint folder or a cached hub id")
         entry = next((e for e in list_models() if e.name == self.name), None)
         check(entry is None or not entry.not_runnable,
               f"name: {show(self.name)} cannot be trained or evaluated from a config: {entry and entry.not_runnable}")
@@ -279,6 +281,12 @@ class EvalConfig:
         check_range(self, "max_new_tokens", 1, MAX_TOKENS)
         check_range(self, "num_beams", 1, 100, fix="use a beam size such as 5, or null for the task's default")
         check_range(self, "candidate_batch_size", 1, MAX_BATCH)
+        if isinstance(self.candidates, str):
+            check(0 < len(self.candidates) <= 1024 and "\n" not in self.candidates,
+                  f"candidates: a string names a file of answers (one per line), got {show(self.candidates)}; give "
+                  "the answers as a list ([yes, no, ...]) or the path of such a file")
+        elif self.candidates is not None:
+            check(bool(self.candidates), "candidates: an empty list; give answers to rank, or null to generate")
 
 
 @dataclass
