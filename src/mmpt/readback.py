@@ -25,11 +25,8 @@ class ReadBackError(ValueError):
     """A file mmpt wrote does not hold what mmpt writes; the message names the file, the key and the fix."""
 
 
-class Number:
-    """An int or float (never a bool); finite unless ``nonfinite``."""
-
-
-NUMBER = Number
+class NUMBER:  # noqa: N801 - a schema marker, used like the types int and str
+    """Schema marker: a finite int or float (never a bool)."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,7 @@ class Obj:
 
 
 def _describe(spec: Any) -> str:
-    if spec is Number:
+    if spec is NUMBER:
         return "a number"
     if isinstance(spec, type):
         return {int: "an integer", str: "a string", bool: "true or false", float: "a number"}.get(spec, spec.__name__)
@@ -87,7 +84,7 @@ def check(value: Any, spec: Any, where: str = "") -> str:
     here = where or "the file"
     if isinstance(spec, Opt):
         return "" if value is None else check(value, spec.spec, where)
-    if spec is Number:
+    if spec is NUMBER:
         ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         return "" if ok else f"{here}: must be a finite number, got {_shown(value)}"
     if isinstance(spec, type):
