@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -123,3 +125,59 @@ def test_bad_cells_are_bad_records(tmp_path, column, value, message):
     assert message in str(info.value) and "\n" not in str(info.value)
     kept = read_hf(str(folder), "", columns={"box": "bbox"}, on_error="skip")
     assert len(kept.samples) == 1 and kept.skipped == 1
+
+
+def _jsonl_folder(tmp_path: Path, name: str, lines: list[str]) -> Path:
+    """A folder of one JSON-lines file (read by datasets.load_dataset) whose rows point at two PNG files."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for i, image in enumerate(_images(2, 5)):
+        image.save(tmp_path / f"{i}.png")
+    text = "\n".join(line.replace("IMG", str(tmp_path)) for line in lines) + "\n"
+    (folder / "train.jsonl").write_bytes(text.encode("utf-8", "surrogatepass"))
+    return folder
+
+
+ROW0 = '{"image": "IMG/0.png", "question": "what color?", "answers": "red"}'
+
+
+@pytest.mark.parametrize("answers,targets", [
+    ('{"answer": "blue"}', ["red", "blue"]),  # one VQAv2 answer object beside a plain string
+    ('["blue", "blue", "green"]', ["red", "blue"]),
+    ('[{"answer": "blue"}]', ["red", "blue"]),
+])
+def test_answers_of_mixed_types_across_rows_are_read(tmp_path, answers, targets):
+    line = '{"image": "IMG/1.png", "question": "what color?", "answers": ANS}'.replace("ANS", answers)
+    read = read_hf(str(_jsonl_folder(tmp_path, "mixed", [ROW0, line])), "train")
+    assert [s.target for s in read.samples] == targets
+
+
+@pytest.mark.parametrize("answers", ["null", "true", "3", '[["blue"]]', "[]", '{"text": "blue"}'])
+def test_answers_of_an_unreadable_type_are_a_bad_record(tmp_path, answers):
+    line = '{"image": "IMG/1.png", "question": "what color?", "answers": ANS}'.replace("ANS", answers)
+    folder = _jsonl_folder(tmp_path, "bad", [ROW0, line])
+    with pytest.raises(DataError, match=r"\[train\] row 1: answers should be") as info:
+        read_hf(str(folder), "train")
+    assert "\n" not in str(info.value)
+    assert len(read_hf(str(folder), "train", on_error="skip").samples) == 1
+
+
+@pytest.mark.parametrize("line,said", [
+    ("{not json", "JSON parse error"),
+    ('{"image": "IMG/1.png", "question": "what \\ud800?", "answers": "red"}', "surrogate"),
+])
+def test_datasets_own_errors_are_one_line_naming_the_file_and_row(tmp_path, line, said):
+    with pytest.raises(DataError, match=said) as info:
+        read_hf(str(_jsonl_folder(tmp_path, "broken", [ROW0, line])), "train")
+    message = str(info.value)
+    assert "in row 1" in message and "train.jsonl" in message and "fix that record" in message
+    assert "\n" not in message
+
+
+def test_a_dataset_folder_with_a_loading_script_is_refused_without_running_it(tmp_path):
+    folder = _jsonl_folder(tmp_path, "scripted", [ROW0])
+    marker = tmp_path / "ran"
+    (folder / "scripted.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(DataError, match=r"holds a loading script \(scripted.py\); mmpt runs no code"):
+        read_hf(str(folder), "train")
+    assert not marker.exists()

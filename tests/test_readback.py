@@ -242,3 +242,77 @@ def test_a_tampered_but_finite_checkpoint_state_is_refused(finished, tmp_path):
         resume(folder)
     assert "\n" not in str(info.value)
     resume(base)  # the untouched state resumes
+
+
+LOG_EDITS = {
+    "garbage line": (b"garbage,,x\n", "does not have the 5 columns"),
+    "bytes not UTF-8": (b"\xff\xfe junk\n", "is not UTF-8"),
+    "step not a number": (b"prefix,x,0.5,0.01,1.0\n", "step must be an integer"),
+    "loss not a number": (b"prefix,9,lots,0.01,1.0\n", "loss must be a number"),
+    "a row cut off": (b"prefix,9,0.5", "does not have the 5 columns"),
+    "no stage": (b",9,0.5,0.01,1.0\n", "no stage name"),
+}
+
+
+@pytest.mark.parametrize("edit", list(LOG_EDITS))
+def test_garbage_in_log_csv_is_one_line_naming_the_line_before_resume_and_in_plots(finished, tmp_path, edit):
+    from mmpt.plots import plot_curves
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+    shutil.rmtree(folder / "checkpoint")  # an unfinished run: resume from checkpoint.1
+    log = folder / "log.csv"
+    lines = log.read_bytes().count(b"\n")
+    appended, why = LOG_EDITS[edit]
+    log.write_bytes(log.read_bytes() + appended)
+    for call in (lambda: run(load_run_config(folder / "config.yaml"), progress=False, resume=folder),
+                 lambda: plot_curves(log, tmp_path / "curves.png")):
+        with pytest.raises(ReadBackError, match=why) as info:
+            call()
+        assert f"log.csv: line {lines + 1}" in str(info.value) and "\n" not in str(info.value)
+    assert not (tmp_path / "curves.png").exists()
+
+
+@given(extra=st.binary(max_size=60))
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_random_bytes_appended_to_a_log_read_or_are_one_line(extra, tmp_path):
+    from mmpt.readback import read_log_csv
+
+    log = tmp_path / "log.csv"
+    log.write_bytes(b"stage,step,loss,lr,samples_per_s\nprefix,1,0.5,0.01,2.0\n" + extra)
+    try:
+        _, rows = read_log_csv(log)
+    except ReadBackError as exc:
+        assert "\n" not in str(exc) and "log.csv: line" in str(exc)
+    else:  # what reads is what the plots and the resume use: every row complete and numeric
+        for row in rows:
+            assert row["stage"] and row["step"].isdigit()
+            float(row["loss"]), float(row["lr"])
+
+
+@pytest.mark.parametrize("cut", [0.25, 0.5, 0.75, 0.95])
+def test_a_cut_off_run_config_is_one_line_naming_the_file_in_every_command(finished, tmp_path, cut):
+    """A truncated config.yaml: resume, eval, export, analyze and the sweep reader all name the file."""
+    from mmpt.analysis.common import load_subjects
+    from mmpt.config import ConfigError
+    from mmpt.inference import evaluate_config, run_methods
+    from mmpt.interop import export_peft
+    from mmpt.runconfig import load_run_folder_config
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+    text = (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(text[: int(len(text) * cut)])
+    try:
+        load_run_folder_config(folder)
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{folder / 'config.yaml'}: ") and "edited or cut off" in str(exc)
+    else:  # the cut left a valid config (defaults for what was cut): nothing to refuse here
+        return
+    calls = [lambda: run(load_run_folder_config(folder), progress=False, resume=folder),
+             lambda: evaluate_config(str(folder)), lambda: run_methods(folder),
+             lambda: export_peft(folder, tmp_path / "peft"), lambda: load_subjects([folder])]
+    for call in calls:
+        with pytest.raises(ConfigError, match="config.yaml: .*edited or cut off") as info:
+            call()
+        assert "\n" not in str(info.value)

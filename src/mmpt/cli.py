@@ -35,7 +35,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from mmpt.runconfig import load_run_config, smoke
+    from mmpt.runconfig import load_run_config, load_run_folder_config, smoke
     from mmpt.runfolder import refuse_links
     from mmpt.train import run
 
@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its own config.yaml; give no CONFIG, overrides or --smoke")
         if run_dir.is_dir():
             refuse_links(run_dir)  # before its config.yaml is read
-        config = load_run_config(run_dir / "config.yaml")
+        config = load_run_folder_config(run_dir)
         run(config, progress=not args.no_progress, resume=run_dir)
         return 0
     if args.config is None:

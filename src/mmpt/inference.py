@@ -18,7 +18,7 @@ from mmpt.data.sources import build_data
 from mmpt.data.validate import fit_context
 from mmpt.integrity import write_manifest
 from mmpt.paths import unique_run_dir
-from mmpt.runconfig import EvalConfig, load_run_config, model_kwargs, smoke
+from mmpt.runconfig import EvalConfig, load_run_config, load_run_folder_config, model_kwargs, smoke
 from mmpt.runfolder import refuse_links, write_text, writing
 from mmpt.tasks import evaluate_task, predict_task
 
@@ -26,10 +26,9 @@ from mmpt.tasks import evaluate_task, predict_task
 def run_methods(run_dir: str | Path) -> list[Path]:
     """The method files of a run, in the order its stages applied them (``best/`` when the run kept one)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{run_dir} is not an mmpt run folder (no config.yaml)")
-    refuse_links(run_dir)
-    config = load_run_config(run_dir / "config.yaml")
+    if run_dir.is_dir():
+        refuse_links(run_dir)
+    config = load_run_folder_config(run_dir)
     names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
     best = run_dir / "best"
     if best.is_dir():  # the model as it was at the best evaluation (maybe an earlier stage: fewer methods)
@@ -76,11 +75,12 @@ def evaluate_config(
     if run_dir is not None and Path(run_dir).is_dir():
         refuse_links(Path(run_dir))
     if config_path is None:
+        load_run_folder_config(run_dir)  # type: ignore[arg-type]  # the run's own file, checked as it is
         config = load_run_config(Path(run_dir) / "config.yaml", overrides)  # type: ignore[arg-type]
     else:
         config = load_run_config(config_path, overrides)
         if run_dir is not None:
-            _check_matches(config, load_run_config(Path(run_dir) / "config.yaml"), Path(config_path), Path(run_dir))
+            _check_matches(config, load_run_folder_config(run_dir), Path(config_path), Path(run_dir))
     if smoke_mode:
         config = smoke(config)
     loaded = load_with_run(config.model.name, run_dir, **model_kwargs(config.model))
@@ -127,7 +127,7 @@ class Predictor:
         kwargs: dict[str, Any] = {}
         self.eval_config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
         if run_dir is not None:  # the run's own base model, task and answer candidates
-            run_config = load_run_config(Path(run_dir) / "config.yaml")
+            run_config = load_run_folder_config(run_dir)
             model, kwargs = run_config.model.name, model_kwargs(run_config.model)
             task = task or run_config.task
             self.eval_config = replace(self.eval_config, candidates=run_config.eval.candidates)

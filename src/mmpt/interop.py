@@ -94,7 +94,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     from peft import LoraConfig, PrefixTuningConfig
 
     from mmpt.inference import load_with_run, model_kwargs, run_methods
-    from mmpt.runconfig import load_run_config
+    from mmpt.runconfig import load_run_folder_config
 
     run_dir = Path(run_dir)
     if run_dir.is_dir():
@@ -102,7 +102,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     out = Path(out_dir) if out_dir is not None else run_dir / "peft"
     if out.exists():
         raise FileExistsError(f"{out} exists; mmpt never overwrites an export: remove it or give --out")
-    config = load_run_config(run_dir / "config.yaml")
+    config = load_run_folder_config(run_dir)
     files = run_methods(run_dir)
     refused = {f.stem: NOT_EXPORTABLE[f.stem] for f in files if f.stem in NOT_EXPORTABLE}
     if refused:

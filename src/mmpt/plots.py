@@ -8,7 +8,6 @@ Plots are written with matplotlib's non-interactive ``Agg`` backend (no display 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import textwrap
@@ -21,6 +20,7 @@ import numpy as np
 from mmpt.data import Sample
 from mmpt.data.images import load_rgb
 from mmpt.data.sample import text_to_box
+from mmpt.readback import read_log_csv
 from mmpt.runfolder import save_figure
 
 
@@ -37,13 +37,12 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     """Rows of ``log.csv`` with a global ``x`` (optimizer steps counted across stages) added."""
     rows: list[dict[str, Any]] = []
     offset, last_stage, last_step = 0, None, 0
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            step = int(row["step"])
-            if last_stage is not None and (row["stage"] != last_stage or step < last_step):
-                offset += last_step  # a new stage (or round) starts counting again
-            last_stage, last_step = row["stage"], step
-            rows.append({"stage": row["stage"], "x": offset + step, "loss": float(row["loss"]), "lr": float(row["lr"])})
+    for row in read_log_csv(path)[1]:
+        step = int(row["step"])
+        if last_stage is not None and (row["stage"] != last_stage or step < last_step):
+            offset += last_step  # a new stage (or round) starts counting again
+        last_stage, last_step = row["stage"], step
+        rows.append({"stage": row["stage"], "x": offset + step, "loss": float(row["loss"]), "lr": float(row["lr"])})
     return rows
 
 

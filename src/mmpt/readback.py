@@ -11,6 +11,8 @@ Schemas are plain data: a type (``int``, ``str``, :data:`NUMBER` for int or floa
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -152,3 +154,52 @@ SWEEP = Obj({"axes": MapOf(ListOf(str)), "fixed": ListOf(str), "smoke": bool,
 
 ANALYSIS = Obj({"analysis": str, "settings": dict}, required=("analysis",))
 """An analysis folder's ``analysis.json``."""
+
+
+LOG_FIELDS = ("stage", "step", "loss", "lr")
+"""The ``log.csv`` columns mmpt reads back (``samples_per_s`` and later columns are optional)."""
+
+
+def read_log_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a run's ``log.csv``, checked: UTF-8, the columns mmpt writes, every row a stage
+    name, a step (an integer >= 0) and a loss and learning rate that parse as numbers. Raises
+    :class:`ReadBackError` naming the file and line: a file appended to or cut off by hand is refused, not half
+    read."""
+    fix = (f"delete that line (mmpt writes one row per logged step) or move {path.name} out of the run "
+           "folder (the curves start again)")
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ReadBackError(f"{path}: {size:,} bytes, far more than mmpt writes there; {fix}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ReadBackError(f"{path}: line {line} is not UTF-8 text; {fix}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    fields = list(reader.fieldnames or [])
+    if fields and [f for f in LOG_FIELDS if f not in fields]:
+        raise ReadBackError(f"{path}: line 1 must name the columns {', '.join(LOG_FIELDS)}, got "
+                            f"{_shown(','.join(fields))}; {fix}")
+    rows = []
+    for row in reader:
+        line = reader.line_num
+        if None in row or any(row.get(f) is None for f in fields):
+            raise ReadBackError(f"{path}: line {line} does not have the {len(fields)} columns of line 1; {fix}")
+        problem = _log_row_problem(row)
+        if problem:
+            raise ReadBackError(f"{path}: line {line}: {problem}; {fix}")
+        rows.append(row)
+    return fields, rows
+
+
+def _log_row_problem(row: dict[str, str]) -> str:
+    if not row["stage"]:
+        return "no stage name"
+    if not row["step"].isdigit():
+        return f"step must be an integer, got {_shown(row['step'])}"
+    for key in ("loss", "lr"):
+        try:
+            float(row[key])
+        except ValueError:
+            return f"{key} must be a number, got {_shown(row[key])}"
+    return ""

@@ -417,3 +417,23 @@ def model_kwargs(model: ModelConfig) -> dict[str, Any]:
     if model.projector_checkpoint:
         kwargs["projector_checkpoint"] = model.projector_checkpoint
     return kwargs
+
+
+def load_run_folder_config(run_dir: str | Path) -> RunConfig:
+    """The config of the run folder ``run_dir`` (its ``config.yaml``, which mmpt wrote whole).
+
+    Raises:
+        ConfigError: one line naming ``run_dir/config.yaml`` when the folder has none, or when the file no longer
+            parses or validates (edited or cut off), with the fix.
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not an mmpt run folder (no config.yaml); give a folder that mmpt train "
+                          "wrote (runs/<name>)")
+    try:
+        return load_run_config(path)
+    except ConfigError as exc:
+        problem = str(exc)
+        problem = problem if problem.startswith(str(path)) else f"{path}: {problem}"
+        raise ConfigError(f"{problem}; this run's config.yaml was edited or cut off: restore it (a run with a "
+                          "checkpoint keeps a copy in checkpoint/config.json)") from None

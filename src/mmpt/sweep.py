@@ -19,7 +19,7 @@ from typing import Any
 
 from mmpt.config import ConfigError
 from mmpt.readback import SWEEP, read_checked
-from mmpt.runconfig import load_run_config, smoke
+from mmpt.runconfig import load_run_config, load_run_folder_config, smoke
 from mmpt.runfolder import write_text
 
 log = logging.getLogger("mmpt")
@@ -90,7 +90,7 @@ def run_sweep(config_path: str | Path, grid: Sequence[str], smoke_mode: bool = F
             continue
         if (run_dir / "checkpoint").is_dir():
             print(f"{where}: resuming its checkpoint")
-            run(load_run_config(run_dir / "config.yaml"), progress=progress, resume=run_dir)
+            run(load_run_folder_config(run_dir), progress=progress, resume=run_dir)
             continue
         if run_dir.exists():
             aside = _aside(run_dir)
@@ -110,7 +110,7 @@ def _check_same(run_dir: Path, config: Any) -> None:
             return {prefix[:-1]: d}
         return {k: v for key, value in d.items() for k, v in flat(value, f"{prefix}{key}.").items()}
 
-    was, now = flat(to_dict(load_run_config(run_dir / "config.yaml"))), flat(to_dict(config))
+    was, now = flat(to_dict(load_run_folder_config(run_dir))), flat(to_dict(config))
     differ = [f"{k} ({was.get(k)!r} -> {now.get(k)!r})" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
     if differ:
         raise ConfigError(f"sweep: {run_dir} was trained with other settings: {', '.join(differ[:5])}; sweep into "

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpt.readback import SWEEP, read_checked
-from mmpt.runconfig import load_run_config
+from mmpt.runconfig import load_run_folder_config
 from mmpt.runfolder import FIX, RunFolderError, plain_name, refuse_links, save_figure
 
 
@@ -35,7 +35,7 @@ def summarize(folder: Path, metric: str | None = None) -> tuple[list[dict[str, A
             continue
         metrics = verified_json(path, f"re-run the sweep to retrain {entry['name']}")
         if metric is None:
-            config = load_run_config(folder / entry["name"] / "config.yaml")
+            config = load_run_folder_config(folder / entry["name"])
             metric = main_metric(config.task, config.eval)
         value = metrics.get("after", {}).get(metric)
         if value is not None:

@@ -51,6 +51,7 @@ from mmpt.models.hf_processor import HFProcessor
 from mmpt.models.towers import TowerCache, cache_frozen_towers
 from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
+from mmpt.readback import read_log_csv
 from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, model_kwargs
 from mmpt.runfolder import refuse_links, write_text, writing
@@ -89,18 +90,13 @@ def rewind_log(path: Path, stage_names: list[str], stage: int, step: int) -> int
     the checkpoint's without duplicates and nothing is lost. Returns the number of rows moved."""
     if not path.exists():
         return 0
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], list(reader)
+    fields, rows = read_log_csv(path)
 
     # rows are in training order: a new stage starts where the name changes or the step goes back (stage
     # names may repeat: rounds, the default name)
     index, previous, late = -1, ("", 0), []
     for row in rows:
-        name, at = row.get("stage", ""), str(row.get("step", ""))
-        if not at.isdigit():
-            late.append(False)
-            continue
+        name, at = row["stage"], row["step"]
         if index < 0 or name != previous[0] or int(at) <= previous[1]:
             index += 1
         if index >= len(stage_names) or stage_names[index] != name:
@@ -258,6 +254,8 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
         if resume_dir is not None:
             check_resume_config(resume_dir, to_dict(config))
             check_resume_state(resume_dir, state, len(config.stage_list()))
+            if (Path(resume) / "log.csv").is_file():
+                read_log_csv(Path(resume) / "log.csv")  # a hand-edited log fails before data and model load
         train_samples, eval_samples = build_data(config.data, config.seed)  # bad data fails before any folder
         if not train_samples:
             raise ConfigError("data: no training samples; give data.train (mmpt eval evaluates without training)")

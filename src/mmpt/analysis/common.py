@@ -24,7 +24,7 @@ from mmpt.models import LoadedModel
 from mmpt.models.family import get_submodule
 from mmpt.paths import fresh_dir
 from mmpt.report import markdown_table, write_rows
-from mmpt.runconfig import RunConfig, load_run_config, model_kwargs
+from mmpt.runconfig import RunConfig, load_run_config, load_run_folder_config, model_kwargs
 from mmpt.runfolder import refuse_links, write_text
 
 PROMPT_METHODS = ("prompt", "deep_prompt", "m2pt", "visual_prompt")
@@ -108,10 +108,9 @@ def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bo
     from mmpt.inference import load_with_run, run_methods
 
     for run in runs:
-        if not (Path(run) / "config.yaml").is_file():
-            raise FileNotFoundError(f"{run} is not an mmpt run folder (no config.yaml)")
-        refuse_links(Path(run))
-    configs = [load_run_config(Path(r) / "config.yaml") for r in runs]
+        if Path(run).is_dir():
+            refuse_links(Path(run))
+    configs = [load_run_folder_config(r) for r in runs]
     names = {c.model.name for c in configs}
     if len(names) > 1:
         raise ConfigError(f"the runs were trained on different base models ({', '.join(sorted(names))}); "

@@ -43,6 +43,10 @@ def load_split(path: str, split: str) -> Any:
     except ImportError:
         raise DataError("data from Hugging Face datasets needs the `datasets` package: pip install datasets") from None
     local = Path(path).expanduser()
+    scripts = sorted(p.name for p in local.glob("*.py")) if local.is_dir() else []
+    if scripts:  # datasets 4 refuses them too, with a RuntimeError; mmpt never runs code that came with data
+        raise DataError(f"Hugging Face dataset {path!r} holds a loading script ({scripts[0]}); mmpt runs no code "
+                        "from a dataset: convert it to data files (parquet, JSON lines, CSV) or save_to_disk")
     try:
         if local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
             loaded = datasets.load_from_disk(str(local))
@@ -50,9 +54,12 @@ def load_split(path: str, split: str) -> Any:
             loaded = datasets.load_dataset(str(local) if local.is_dir() else path)
     except (FileNotFoundError, ValueError, TypeError, ConnectionError, OSError, RecursionError,
             datasets.exceptions.DatasetsError) as exc:  # ArrowInvalid is a ValueError: mixed types in a column
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"Hugging Face dataset {path!r} could not be read offline ({first}); give a folder saved "
-                        "with save_to_disk, a folder of data files, or a hub id already in the local cache") from None
+        data_files = local.is_dir() and any(p.is_file() for p in local.iterdir())
+        fix = ("fix that record of the data file (datasets counts rows from 0; a column holds one type of value)"
+               if data_files and not isinstance(exc, FileNotFoundError) else
+               "give a folder saved with save_to_disk, a folder of data files, or a hub id already in the local cache")
+        raise DataError(f"Hugging Face dataset {path!r} could not be read offline ({_cause(exc, local)}); {fix}") \
+            from None
     if isinstance(loaded, datasets.Dataset):  # one saved Dataset: its rows are the training split, nothing else
         if split not in ("", "train"):
             raise DataError(f"Hugging Face dataset {path!r} has no split {split!r}; its splits: train (one saved "
@@ -64,6 +71,24 @@ def load_split(path: str, split: str) -> Any:
     if split not in loaded:
         raise DataError(f"Hugging Face dataset {path!r} has no split {split!r}; its splits: {', '.join(splits)}")
     return loaded[split]
+
+
+def _cause(exc: BaseException, local: Path) -> str:
+    """One line for an error of ``datasets``: its first specific cause (``DatasetGenerationError`` only says "an
+    error occurred"; pyarrow's cause names the row), with the data files of a local folder."""
+    chain: list[BaseException] = []
+    at: BaseException | None = exc
+    while at is not None and len(chain) < 8:
+        chain.append(at)
+        at = at.__cause__ or at.__context__
+    generic = ("An error occurred while generating the dataset",)
+    said = next((str(e) for e in chain if str(e) and not str(e).startswith(generic)), type(exc).__name__)
+    line = said.splitlines()[0][:300]
+    if local.is_dir():
+        files = sorted(p.name for p in local.rglob("*") if p.is_file() and not p.name.startswith("."))
+        if files:
+            line += f"; data files: {', '.join(files[:3])}" + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+    return line
 
 
 def _image(value: Any, root: Path, where: str) -> np.ndarray | Path:
@@ -110,14 +135,17 @@ def _shown(value: Any) -> str:
 def _answers(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         return [value]
-    if isinstance(value, dict) and "answer" in value:  # columnar: {"answer": [...], ...}
+    given = value
+    if isinstance(value, dict) and "answer" in value:  # one {"answer": ...}, or columnar {"answer": [...], ...}
         value = value["answer"]
+        if isinstance(value, str):
+            return [value]
     if isinstance(value, list):
-        found = [a["answer"] if isinstance(a, dict) else a for a in value]
+        found = [a.get("answer") if isinstance(a, dict) else a for a in value]
         if found and all(isinstance(a, str) for a in found):
             return found
     raise DataError(f"{where}: answers should be a string, a list of strings or of {{'answer': ...}}, got "
-                    f"{type(value).__name__}")
+                    f"{_shown(given)}")
 
 
 def read_hf(
