@@ -45,7 +45,7 @@ def test_lora_export_gives_mmpt_logits_in_peft(tmp_path):
     run_dir, loaded, _ = _run_folder(tmp_path, "{name: lora, r: 4, dropout: 0.0}")
     loaded.model.eval()
     mine = _lm_logits(loaded.model)
-    [folder] = export_peft(run_dir)
+    folder = export_peft(run_dir)[0]
     assert folder == run_dir / "peft" / "lora"
     card = (folder / "README.md").read_text()
     assert "base_model: mmpt-tiny-random" in card and "PeftModel.from_pretrained" in card
@@ -222,3 +222,148 @@ def test_push_to_hub_uploads_each_adapter(tmp_path, monkeypatch):
     assert push_to_hub(folders, "me/adapters") == "https://hf.co/me/adapters"
     assert calls == [("create", "me/adapters", {"private": True, "exist_ok": True}), ("upload", "lora"),
                      ("upload", "prefix")]
+
+
+def _randomized(method) -> None:
+    with torch.no_grad():
+        for p in method.parameters():
+            p.normal_(0, 0.2, generator=torch.Generator().manual_seed(p.numel()))
+
+
+def test_lora_export_for_the_plain_lm_loads_onto_its_own_class(tmp_path):
+    """lora-lm/ names the modules as the LM's transformers class has them: PeftModel.from_pretrained on the plain
+    LlamaForCausalLM (saved and re-loaded by transformers) gives mmpt's logits (issue 19)."""
+    from transformers import AutoModelForCausalLM
+
+    run_dir, loaded, _ = _run_folder(tmp_path, "{name: lora, r: 4, dropout: 0.0}")
+    mine = _lm_logits(loaded.model.eval().language_model)
+    folders = export_peft(run_dir)
+    assert [f.name for f in folders] == ["lora", "lora-lm"]
+    cfg = json.loads((folders[1] / "adapter_config.json").read_text())
+    assert all(t.startswith("model.layers.") for t in cfg["target_modules"])
+    assert "LlamaForCausalLM" in (folders[1] / "README.md").read_text()
+    load("mmpt-tiny-random").model.language_model.save_pretrained(tmp_path / "lm")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    base = _lm_logits(plain)
+    theirs = _lm_logits(PeftModel.from_pretrained(plain, str(folders[1])).eval())
+    assert (mine - base).abs().max() > 1e-3
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=0)
+
+
+def test_a_lora_peft_trained_on_the_plain_lm_imports_with_the_mapping_said(tmp_path, caplog):
+    from transformers import AutoModelForCausalLM
+
+    load("mmpt-tiny-random").model.language_model.save_pretrained(tmp_path / "lm")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "lm").eval()
+    peft_model = get_peft_model(plain, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    peft_model.eval().save_pretrained(str(tmp_path / "adapter"))
+    theirs = _lm_logits(peft_model)
+    loaded = load("mmpt-tiny-random")
+    with caplog.at_level("WARNING", logger="mmpt"):
+        methods.load(loaded, tmp_path / "adapter")
+    assert "plain language model (model.layers.0.self_attn.q_proj); mapped to" in caplog.text
+    torch.testing.assert_close(_lm_logits(loaded.model.eval().language_model), theirs, atol=1e-5, rtol=0)
+
+
+def test_an_adapter_for_another_model_is_refused_naming_both_namings(tmp_path):
+    folder, _ = _peft_lora_folder(tmp_path)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    save_file({k.replace("language_model.model.layers", "transformer.h"): v for k, v in weights.items()},
+              str(folder / "adapter_model.safetensors"))
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"not in the blocks of mmpt-tiny .* or, for the language model "
+                                         r"alone, model.layers.N: give --model the model"):
+        methods.load(load("mmpt-tiny-random"), folder)
+
+
+def test_lora_round_trips_with_a_hugging_face_family_class_both_ways(tmp_path, base_tokenizer):
+    """llava: mmpt's export loads onto LlavaForConditionalGeneration as transformers loads it, and a LoRA PEFT
+    trained on that class imports into mmpt, both with equal logits (issue 19)."""
+    from transformers import LlavaForConditionalGeneration
+
+    from test_hf_processor import build
+
+    model, hp = build(base_tokenizer, "llava")
+    model.save_pretrained(tmp_path / "llava")
+    hp.hf.save_pretrained(tmp_path / "llava")
+    config = load_run_config(None, [f"model.name={tmp_path / 'llava'}", "method={name: lora, r: 4, dropout: 0.0}",
+                                    f"output_dir={tmp_path}", "name=exported"])
+    loaded = load(str(tmp_path / "llava"))
+    method = methods.apply(loaded, config.method)
+    _randomized(method)
+    mine = _lm_logits(loaded.model.eval())
+    run_dir = tmp_path / "exported"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    methods.save(method, run_dir / "lora.safetensors", methods.fingerprint(loaded.model))
+    [folder] = export_peft(run_dir)  # the LM runs inside LLaVA's forward: no lora-lm/
+    hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    theirs = _lm_logits(PeftModel.from_pretrained(hf, str(folder)).eval())
+    assert (theirs - _lm_logits(LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval())).abs().max() > 1e-3
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=0)
+
+    trained = get_peft_model(LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava"),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=r".*language_model.*\.(q_proj|v_proj)"))
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(len(name)))
+    trained.eval().save_pretrained(str(tmp_path / "adapter"))
+    again = load(str(tmp_path / "llava"))
+    methods.load(again, tmp_path / "adapter")
+    torch.testing.assert_close(_lm_logits(again.model.eval()), _lm_logits(trained), atol=1e-5, rtol=0)
+
+
+def test_prefix_export_says_whether_peft_generate_keeps_the_prefix(tmp_path):
+    """The card's generation sentence is measured at export: it must agree with what PEFT's generate() does."""
+    run_dir, _, _ = _run_folder(tmp_path, "{name: prefix, length: 3}")
+    [folder] = export_peft(run_dir)
+    lm = copy.deepcopy(load("mmpt-tiny-random").model.language_model).eval()
+    model = PeftModel.from_pretrained(lm, str(folder)).eval()
+    mask = torch.ones_like(IDS)
+    with torch.no_grad():
+        forward = model(input_ids=IDS, attention_mask=mask).logits[:, -1]
+        first = model.generate(input_ids=IDS, attention_mask=mask, max_new_tokens=1, do_sample=False,
+                               output_logits=True, return_dict_in_generate=True).logits[0]
+    keeps = torch.allclose(first, forward, atol=1e-3, rtol=1e-3)
+    card = (folder / "README.md").read_text()
+    assert ("keeps the prefix" in card) == keeps and ("ignores this prefix" in card) == (not keeps)
+
+
+def test_a_pt_peft_export_is_one_folder_whose_recipe_reproduces_mmpt(tmp_path):
+    """prefix then LoRA: lora-lm/ + prefix/ loaded as the top README says give mmpt's logits (positions shifted
+    by the prefix length, as the prefix card says)."""
+    from peft import PeftModel as Peft
+
+    config = load_run_config(None, [
+        "model.name=mmpt-tiny-random", f"output_dir={tmp_path}", "name=ptpeft",
+        "stages=[{name: p, methods: [{name: prefix, length: 3}]}, "
+        "{name: l, methods: [prefix, {name: lora, r: 4, dropout: 0.0}]}]"])
+    loaded = load("mmpt-tiny-random")
+    stages = config.stage_list()  # stage 2's "prefix" keeps training stage 1's (length 3)
+    applied = [methods.apply(loaded, stages[0].methods[0]), methods.apply(loaded, stages[1].methods[1])]
+    for method in applied:
+        _randomized(method)
+    run_dir = tmp_path / "ptpeft"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    for method in applied:
+        methods.save(method, run_dir / f"{method.config.name}.safetensors", methods.fingerprint(loaded.model))
+    lm = loaded.model.eval().language_model
+    mine = _lm_logits(lm, position_ids=torch.arange(3, 3 + IDS.shape[1])[None])
+    folders = export_peft(run_dir)
+    assert sorted(f.name for f in folders) == ["lora", "lora-lm", "prefix"]
+    recipe = (tmp_path / "ptpeft" / "peft" / "README.md").read_text()
+    assert "both adapters are needed" in recipe and "load_adapter" in recipe
+    assert '"length": 3' in (run_dir / "peft" / "prefix" / "README.md").read_text()
+    fresh = copy.deepcopy(load("mmpt-tiny-random").model.language_model).eval()
+    fresh.load_adapter(str(run_dir / "peft" / "lora-lm"))
+    theirs = _lm_logits(Peft.from_pretrained(fresh, str(run_dir / "peft" / "prefix")).eval())
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=0)

@@ -213,6 +213,9 @@ def _cmd_export_run(args: argparse.Namespace) -> int:
     folders = export_peft(args.run, args.out)
     for folder in folders:
         print(f"mmpt: wrote PEFT adapter {folder} (load with peft.PeftModel.from_pretrained; see its README.md)")
+    recipe = folders[0].parent / "README.md" if folders else None
+    if recipe is not None and recipe.is_file():
+        print(f"mmpt: the run's adapters work together: {recipe} has the recipe that loads them as mmpt trained them")
     if args.push_to_hub:
         print(f"mmpt: uploaded to {push_to_hub(folders, args.push_to_hub)}")
     return 0

@@ -430,10 +430,39 @@ def load_run_folder_config(run_dir: str | Path) -> RunConfig:
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not an mmpt run folder (no config.yaml); give a folder that mmpt train "
                           "wrote (runs/<name>)")
+    fix = "this run's config.yaml was edited or cut off: restore it (a run with a checkpoint keeps a copy in " \
+          "checkpoint/config.json)"
     try:
-        return load_run_config(path)
+        data = read_yaml(path)
+        missing = [k for k in WRITTEN_SECTIONS if k not in data]
+        if missing or ("method" not in data and "stages" not in data):
+            raise ConfigError(f"no {', '.join(missing or ['method or stages'])} section (mmpt writes every section)")
+        config = parse_run_config(data)
     except ConfigError as exc:
         problem = str(exc)
         problem = problem if problem.startswith(str(path)) else f"{path}: {problem}"
-        raise ConfigError(f"{problem}; this run's config.yaml was edited or cut off: restore it (a run with a "
-                          "checkpoint keeps a copy in checkpoint/config.json)") from None
+        raise ConfigError(f"{problem}; {fix}") from None
+    _check_against_checkpoint(Path(run_dir), config)
+    return config
+
+
+WRITTEN_SECTIONS = ("name", "seed", "model", "data", "task", "train", "eval")
+"""Top-level keys every ``config.yaml`` mmpt writes holds (and ``method`` or ``stages``)."""
+
+
+def _check_against_checkpoint(run_dir: Path, config: RunConfig) -> None:
+    """A run that kept a checkpoint has the complete config it trained with (``checkpoint/config.json``, under the
+    checkpoint's checksums): ``config.yaml`` must say the same, or it was edited or cut off (a cut at a line end
+    still parses, with defaults for what was cut). A damaged checkpoint is left to ``train --resume``."""
+    from mmpt.checkpoint import check_resume_config
+    from mmpt.config import to_dict
+    from mmpt.integrity import IntegrityError
+
+    for name in ("checkpoint", "checkpoint.1"):
+        folder = run_dir / name
+        if (folder / "config.json").is_file():
+            try:
+                check_resume_config(folder, to_dict(config))
+                return
+            except IntegrityError:
+                continue

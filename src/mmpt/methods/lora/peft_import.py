@@ -108,14 +108,10 @@ def import_peft(loaded: LoadedModel, folder: str | Path) -> Method:
     if halves:
         raise ValueError(f"{weights}: module {halves[0]} has only {next(iter(by_module[halves[0]]))} (a LoRA "
                          "adapter needs lora_A and lora_B for each module); the file is incomplete: re-export it")
+    by_module = _named_for(loaded, by_module, folder)
     towers, leaves = set(), set()
     for name in by_module:
-        tower = next((t for t, spec in loaded.family.towers.items() if spec.layers and name.startswith(spec.layers + ".")),
-                     None)
-        if tower is None:
-            raise ValueError(f"{folder}: module {name} is outside the blocks of {loaded.family.name}'s towers "
-                             f"({', '.join(loaded.family.towers)}); mmpt's LoRA adapts tower blocks only")
-        towers.add(tower)
+        towers.add(_tower_of(loaded, name))
         leaves.add(name.rsplit(".", 1)[-1])
     config = LoRAConfig(r=r, alpha=alpha, dropout=dropout, targets=sorted(leaves), towers=sorted(towers))
     method = apply(loaded, config)
@@ -138,3 +134,33 @@ def import_peft(loaded: LoadedModel, folder: str | Path) -> Method:
                                      f"{tuple(target.shape)} (an adapter for another model?)")
                 target.copy_(value)
     return method
+
+
+def _tower_of(loaded: LoadedModel, name: str) -> str | None:
+    """The tower whose blocks hold module ``name`` (a full name in ``loaded.model``), or None."""
+    return next((t for t, spec in loaded.family.towers.items() if spec.layers and name.startswith(spec.layers + ".")),
+                None)
+
+
+def _named_for(loaded: LoadedModel, by_module: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The adapter's modules by their full names in ``loaded.model``: as they are when they name the model mmpt
+    loads, or prefixed by the language model's path when the adapter was trained on the plain language model
+    (``model.layers.N...`` of SmolLM2 inside mmpt-tiny's ``language_model``), which is logged. Anything else is
+    refused naming the module and both namings mmpt accepts."""
+    import logging
+
+    if all(_tower_of(loaded, name) for name in by_module):
+        return by_module
+    lm = loaded.family.towers.get("lm")
+    if lm is not None and lm.module and all(_tower_of(loaded, f"{lm.module}.{n}") == "lm" for n in by_module):
+        first = next(iter(by_module))
+        logging.getLogger("mmpt").warning(
+            "%s: names the modules of the plain language model (%s); mapped to %s's %s.* (%d modules)",
+            folder, first, loaded.family.name, lm.module, len(by_module))
+        return {f"{lm.module}.{n}": v for n, v in by_module.items()}
+    outside = next(n for n in by_module if not _tower_of(loaded, n))
+    blocks = ", ".join(f"{spec.layers}.N" for spec in loaded.family.towers.values() if spec.layers)
+    plain = f"; or, for the language model alone, {lm.layers[len(lm.module) + 1:]}.N" if lm and lm.module else ""
+    raise ValueError(f"{folder}: module {outside} is not in the blocks of {loaded.family.name} (an adapter for "
+                     f"another model?); mmpt's LoRA adapts tower blocks, named {blocks}{plain}: give --model the "
+                     "model the adapter was trained on")
