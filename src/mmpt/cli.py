@@ -61,7 +61,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mmpt.inference import evaluate_config
 
     metrics = evaluate_config(args.config, args.overrides, args.run, smoke_mode=args.smoke,
-                              progress=not args.no_progress)
+                              progress=not args.no_progress, raw_prompt=args.raw_prompt)
     for key, value in metrics.items():
         print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}")
     return 0
@@ -72,7 +72,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     _check_generation_flags(args)
     options = dict(model=args.model, run_dir=args.run, task=args.task, max_new_tokens=args.max_new_tokens,
-                   num_beams=args.num_beams)
+                   num_beams=args.num_beams, raw_prompt=args.raw_prompt)
     if Path(args.image).is_file() and Path(args.image).suffix != ".jsonl":
         print(predict_one(args.image, args.prompt, **options))
         return 0
@@ -98,7 +98,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     _check_generation_flags(args)
     task = args.task or ("instruct" if args.run is None else None)
-    chat(Predictor(args.model, args.run, task, args.max_new_tokens, batch_size=1), args.image)
+    chat(Predictor(args.model, args.run, task, args.max_new_tokens, batch_size=1, raw_prompt=args.raw_prompt),
+         args.image)
     return 0
 
 
@@ -287,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(p, False)
     p.add_argument("--run", metavar="RUN_DIR", help="apply the methods a run trained (its best/ when present); the "
                                                     "config must name the run's model and task")
+    p.add_argument("--raw-prompt", action="store_true",
+                   help="with --run: build prompts with the config's template, not the run's")
     p.set_defaults(func=_cmd_eval)
     p = sub.add_parser("predict", help="answer a question about an image, or about every image of a folder/JSONL")
     p.add_argument("image", help="an image file, a folder of images, or a .jsonl file of {image, prompt} rows")
@@ -300,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (folders and JSONL files)")
     p.add_argument("--out", default=None, help="JSONL output for folders/JSONL (default <name>-predictions.jsonl)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--raw-prompt", action="store_true",
+                   help="use the prompt as given (default with --run: put it into the run's prompt template)")
     p.set_defaults(func=_cmd_predict)
     p = sub.add_parser("chat", help="talk about an image with a model (instruction-tuned runs: --run)")
     p.add_argument("image", nargs="?", default=None, help="the image to talk about (or /image PATH later)")
@@ -308,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, choices=["vqa", "caption", "ve", "refexp", "instruct"],
                    help="default: the run's task, else instruct")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--raw-prompt", action="store_true",
+                   help="use the prompt as given (default with --run: put it into the run's prompt template)")
     p.set_defaults(func=_cmd_chat)
     p = sub.add_parser("report", help="one markdown report of runs, sweeps and analyses")
     p.add_argument("runs", nargs="+", help="run folders, sweep folders (sweep.json), analysis folders")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from mmpt.config import ConfigError
 from mmpt.data import Sample
 from mmpt.data.formats.common import text_problem
 from mmpt.data.sample import DataError
-from mmpt.data.sources import build_data
+from mmpt.data.sources import build_data, fill_prompt, prompt_format, with_prompt_format
 from mmpt.data.validate import fit_context
 from mmpt.integrity import write_manifest
 from mmpt.paths import unique_run_dir
@@ -59,12 +60,15 @@ def evaluate_config(
     run_dir: str | Path | None = None,
     smoke_mode: bool = False,
     progress: bool = True,
+    raw_prompt: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a config's model (with ``run_dir``'s methods) on its eval data.
 
     ``config_path`` may be None (or the run folder itself) with ``run_dir``: the run's own config is used. A config
-    given with a run must name the run's model and task. Results go to a fresh folder: ``<run>/eval-<name>`` with
-    a run, else ``<output_dir>/<name>-eval``; each holds ``metrics.json`` and ``predictions.jsonl``.
+    given with a run must name the run's model and task; its prompts are built with the run's prompt template
+    (``"{question} Answer with one word."`` put around a VQAv2 question; said on stderr) unless ``raw_prompt``.
+    Results go to a fresh folder: ``<run>/eval-<name>`` with a run, else ``<output_dir>/<name>-eval``; each holds
+    ``metrics.json`` and ``predictions.jsonl``.
     """
     if config_path is not None and Path(config_path).is_dir():  # `mmpt eval RUN`
         if run_dir is not None and Path(run_dir).resolve() != Path(config_path).resolve():
@@ -80,7 +84,14 @@ def evaluate_config(
     else:
         config = load_run_config(config_path, overrides)
         if run_dir is not None:
-            _check_matches(config, load_run_folder_config(run_dir), Path(config_path), Path(run_dir))
+            run_config = load_run_folder_config(run_dir)
+            _check_matches(config, run_config, Path(config_path), Path(run_dir))
+            if not raw_prompt:
+                data = with_prompt_format(config.data, prompt_format(run_config.data))
+                if data != config.data:
+                    print(f"mmpt: prompts built with {run_dir}'s template {prompt_format(run_config.data)!r} "
+                          f"(not {prompt_format(config.data)!r}; --raw-prompt keeps the config's)", file=sys.stderr)
+                    config = replace(config, data=data)
     if smoke_mode:
         config = smoke(config)
     loaded = load_with_run(config.model.name, run_dir, **model_kwargs(config.model))
@@ -123,16 +134,25 @@ class Predictor:
     """
 
     def __init__(self, model: str = "mmpt-tiny", run_dir: str | Path | None = None, task: str | None = None,
-                 max_new_tokens: int = 32, num_beams: int | None = None, batch_size: int = 8) -> None:
+                 max_new_tokens: int = 32, num_beams: int | None = None, batch_size: int = 8,
+                 raw_prompt: bool = False) -> None:
         kwargs: dict[str, Any] = {}
         self.eval_config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, num_beams=num_beams)
-        if run_dir is not None:  # the run's own base model, task and answer candidates
+        self.template = ""  # how the run built its prompts from a question (prompt_format); "" = as given
+        if run_dir is not None:  # the run's own base model, task, answer candidates and prompt template
             run_config = load_run_folder_config(run_dir)
             model, kwargs = run_config.model.name, model_kwargs(run_config.model)
             task = task or run_config.task
             self.eval_config = replace(self.eval_config, candidates=run_config.eval.candidates)
+            self.template = "" if raw_prompt or task != run_config.task else prompt_format(run_config.data)
+            fill_prompt(self.template, "")  # a template with several placeholders: one line now, before loading
         self.task = task or "vqa"
         self.loaded = load_with_run(model, run_dir, **kwargs)
+
+    def prompt(self, text: str) -> str:
+        """The prompt the model sees for the user's ``text``: the run's template filled (``"{question} Answer with
+        one word."``), its fixed prompt (captions), or ``text`` as given (no run, ``raw_prompt``, JSONL/LLaVA data)."""
+        return fill_prompt(self.template, text)
 
     def __call__(self, samples: list[Sample], progress: bool = False) -> list[str]:
         """Answers for ``samples``, batched: an answer head, ranked candidates or generation, as the run's
@@ -142,6 +162,7 @@ class Predictor:
             problem = text_problem(sample.prompt)
             if problem:
                 raise DataError(f"input {sample.id or sample.image}: the prompt is not valid text: {problem}")
+        samples = [replace(s, prompt=self.prompt(s.prompt)) for s in samples]
         samples = fit_context(self.loaded, samples, "raise", "input", self.eval_config.max_new_tokens)
         return predict_task(self.task, self.loaded.model, self.loaded.processor, samples, self.eval_config,
                             progress=progress)
@@ -155,11 +176,13 @@ def predict_one(
     task: str | None = None,
     max_new_tokens: int = 32,
     num_beams: int | None = None,
+    raw_prompt: bool = False,
 ) -> str:
-    """The model's answer (or caption, box, label) for one image and prompt."""
+    """The model's answer (or caption, box, label) for one image and prompt (put into the run's prompt template
+    unless ``raw_prompt``)."""
     if not Path(image).is_file():
         raise FileNotFoundError(f"image {image} not found")
-    predictor = Predictor(model, run_dir, task, max_new_tokens, num_beams, batch_size=1)
+    predictor = Predictor(model, run_dir, task, max_new_tokens, num_beams, batch_size=1, raw_prompt=raw_prompt)
     return predictor([Sample(Path(image), prompt, "")])[0]
 
 
@@ -215,6 +238,9 @@ def chat(predictor: Predictor, image: str | Path | None, read: Any = input, writ
     history: list[tuple[str, str]] = []
     current = Path(image) if image is not None else None
     write("mmpt chat: ask about the image; /image PATH, /reset, /quit")
+    if predictor.template:
+        write(f"(each question goes into the run's prompt template {predictor.template!r}; --raw-prompt sends it as "
+              "typed)")
     while True:
         try:
             line = read("> ").strip()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import random
+import string
 from typing import TYPE_CHECKING, Any
 
 from mmpt.data.easyvqa import easy_vqa_captions, load_easy_vqa
@@ -39,6 +41,58 @@ def read_source(source: SourceConfig, on_error: str = "raise") -> list[Sample]:
         log.warning("%s: skipped %d record(s), malformed or with a missing/unreadable image (on_error: skip), e.g.\n  %s",
                     source.format, result.skipped, shown)
     return result.samples
+
+
+def prompt_format(data: DataConfig) -> str:
+    """The template a run's prompts were built with, for ``predict`` / ``chat`` / ``eval`` on new text: one
+    placeholder (``{question}``, ``{hypothesis}``, ``{expression}``...) that the user's text fills, a fixed prompt
+    (captions: no placeholder), or ``""`` when the data's prompts are the records' own text (JSONL, LLaVA)."""
+    if data.dataset in ("easy-vqa",) or data.dataset.startswith("hf:"):
+        return data.prompt_template
+    if data.dataset == "easy-vqa-captions":
+        return str(inspect.signature(easy_vqa_captions).parameters["prompt"].default)
+    source = data.eval or data.train
+    if source is None or source.format not in _TEMPLATE_ARG:
+        return ""
+    arg = _TEMPLATE_ARG[source.format]
+    return source.prompt_template or str(inspect.signature(READERS[source.format]).parameters[arg].default)
+
+
+def fill_prompt(template: str, text: str) -> str:
+    """``text`` put into ``template`` (:func:`prompt_format`): its one placeholder filled, a fixed prompt kept,
+    ``text`` itself for ``""``. Raises ValueError naming the placeholders a template needs beyond one."""
+    if not template:
+        return text
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name]
+    if not names:
+        return template
+    if len(set(names)) > 1:
+        raise ValueError(f"the run's prompt template {template!r} needs {', '.join(sorted(set(names)))}; give the "
+                         "whole prompt and --raw-prompt")
+    return template.format(**{names[0]: text})
+
+
+def placeholder(template: str) -> str | None:
+    """The one placeholder of ``template``, or None (a fixed prompt, raw text, or several placeholders)."""
+    names = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+    return names.pop() if len(names) == 1 else None
+
+
+def with_prompt_format(data: DataConfig, template: str) -> DataConfig:
+    """``data`` building its prompts with ``template`` (a run's :func:`prompt_format`), its placeholder renamed to
+    the one this data's reader fills (``{question}`` -> ``{hypothesis}``...); ``data`` unchanged when either has
+    no single placeholder or they already agree."""
+    from dataclasses import replace
+
+    mine, theirs = prompt_format(data), template
+    name, other = placeholder(mine), placeholder(theirs)
+    if name is None or other is None or mine == theirs.replace("{" + other + "}", "{" + name + "}"):
+        return data
+    adapted = theirs.replace("{" + other + "}", "{" + name + "}")
+    if data.dataset == "easy-vqa" or data.dataset.startswith("hf:"):
+        return replace(data, prompt_template=adapted)
+    return replace(data, train=data.train and replace(data.train, prompt_template=adapted),
+                   eval=data.eval and replace(data.eval, prompt_template=adapted))
 
 
 def _hf_splits(data: DataConfig, name: str) -> tuple[list[Sample], list[Sample]]:
