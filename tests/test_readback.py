@@ -318,3 +318,20 @@ def test_a_cut_off_run_config_is_one_line_naming_the_file_in_every_command(finis
         with pytest.raises(ConfigError, match="config.yaml(:| differs from).*(edited or cut off|restore it)") as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_resuming_a_finished_run_says_so_and_rewrites_nothing(finished, tmp_path, capsys):
+    """issue 19: --resume on a finished run re-evaluated, wrote predictions_after-2.jsonl and replaced the wall
+    time in metrics.json; now it returns the run's metrics and touches no file."""
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+
+    def files() -> dict[str, tuple[bytes, int]]:
+        return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = files()
+    metrics = run(load_run_config(folder / "config.yaml"), progress=False, resume=folder)
+    assert "finished training and evaluation before; nothing to resume" in capsys.readouterr().out
+    assert files() == before
+    assert metrics["cost"] == json.loads((folder / "metrics.json").read_text())["cost"]

@@ -45,13 +45,13 @@ from mmpt.data.batching import LengthGroupedSampler
 from mmpt.data.sources import build_data
 from mmpt.data.validate import fit_context
 from mmpt.guard import NumericGuard, gradients_finite
-from mmpt.integrity import IntegrityError, write_manifest
+from mmpt.integrity import IntegrityError, verified_json, write_manifest
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
 from mmpt.models.towers import TowerCache, cache_frozen_towers
 from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
-from mmpt.readback import read_log_csv
+from mmpt.readback import METRICS, ReadBackError, check, read_log_csv
 from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, model_kwargs
 from mmpt.runfolder import refuse_links, write_text, writing
@@ -256,6 +256,9 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
             check_resume_state(resume_dir, state, len(config.stage_list()))
             if (Path(resume) / "log.csv").is_file():
                 read_log_csv(Path(resume) / "log.csv")  # a hand-edited log fails before data and model load
+            done = finished_metrics(Path(resume), state, len(config.stage_list()))
+            if done is not None:
+                return done
         train_samples, eval_samples = build_data(config.data, config.seed)  # bad data fails before any folder
         if not train_samples:
             raise ConfigError("data: no training samples; give data.train (mmpt eval evaluates without training)")
@@ -277,6 +280,21 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     finally:
         if lock is not None:
             lock.release()
+
+
+def finished_metrics(run_dir: Path, state: TrainState, stages: int) -> dict[str, Any] | None:
+    """A run whose training ended and whose ``metrics.json`` (written last) is there is finished: ``--resume``
+    says so and rewrites nothing (re-evaluation is ``mmpt eval``); returns its metrics. None when there is work
+    left: training, or the final evaluation and files of a run interrupted after its last step."""
+    if state.stage < stages or not (run_dir / "metrics.json").is_file():
+        return None
+    metrics = verified_json(run_dir / "metrics.json", "re-evaluate the run with mmpt eval")
+    problem = check(metrics, METRICS)
+    if problem:
+        raise ReadBackError(f"{run_dir / 'metrics.json'}: {problem}; re-evaluate the run with mmpt eval")
+    print(f"mmpt: {run_dir} finished training and evaluation before; nothing to resume, nothing rewritten "
+          f"(re-evaluate with `mmpt eval {run_dir}`, train again with `mmpt train {run_dir}/config.yaml`)")
+    return {**metrics, "run_dir": str(run_dir)}
 
 
 def check_learning_rates(folder: Path, optimizer: torch.optim.Optimizer, scheduler: Any, lr: float) -> None:
