@@ -278,3 +278,26 @@ def test_cli_reports_out_of_range_value(capsys):
     assert main(["train", str(QUICKSTART), "train.lr=.inf"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mmpt: config error: train.lr: must be a finite number") and err.count("\n") == 1
+
+
+def test_switching_methods_by_override_starts_from_the_new_methods_defaults(capsys):
+    """issue 19: `method.name=lora` on the prefix quickstart failed on `method.length: unknown key`."""
+    config = load_run_config(QUICKSTART, ["method.r=8", "method.name=lora"])
+    assert config.method.name == "lora" and config.method.r == 8 and config.method.towers == ["lm"]
+    said = capsys.readouterr().err
+    assert "starts from lora's defaults; dropped prefix's length, reparam" in said and "train.lr stays 0.03" in said
+    assert load_run_config(QUICKSTART, ["method.name=prefix"]).method.length == 16  # same method: nothing dropped
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "methods").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_method_config_trains_in_smoke_mode(path, tmp_path):
+    """One small config per main method ships (configs/methods/): each trains (smoke mode, tiny random model)."""
+    from mmpt.runconfig import smoke
+    from mmpt.train import run
+
+    config = smoke(load_run_config(path, ["model.name=mmpt-tiny-random", f"output_dir={tmp_path}",
+                                          "train.precision=fp32"]))
+    assert config.method.name == path.stem
+    metrics = run(config, progress=False)
+    assert metrics["train"]["steps"] >= 1 and "after" in metrics

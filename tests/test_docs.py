@@ -119,3 +119,36 @@ def test_help_of_every_command_runs(capsys):
             main([command, "--help"] if command else ["--help"])
         assert exc.value.code == 0
     assert "usage: mmpt" in capsys.readouterr().out
+
+
+def _sections(text: str) -> dict[str, set[str]]:
+    """Words inside backticks per ``## `` section of a markdown file."""
+    out: dict[str, set[str]] = {}
+    current = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip().strip("`")
+        for span in re.findall(r"`([^`]+)`", line):
+            out.setdefault(current, set()).update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", span))
+    return out
+
+
+def test_every_config_key_is_documented_in_configs_md():
+    """issue 19: walk the config dataclasses (run sections and every registered method's config): each key is
+    named in its section of docs/configs.md."""
+    from dataclasses import fields
+
+    from mmpt.methods import list_methods
+    from mmpt.runconfig import DataConfig, EvalConfig, ModelConfig, RunConfig, SourceConfig, TrainConfig
+
+    sections = _sections((Path(__file__).parents[1] / "docs" / "configs.md").read_text())
+    wanted = {"Top level": [f.name for f in fields(RunConfig) if f.name not in ("model", "data", "method", "train",
+                                                                               "eval", "stages")],
+              "model": [f.name for f in fields(ModelConfig)], "data": [f.name for f in fields(DataConfig)]
+              + [f.name for f in fields(SourceConfig)], "train": [f.name for f in fields(TrainConfig)],
+              "eval": [f.name for f in fields(EvalConfig)], "stages` and `rounds": ["stages", "rounds"],
+              "method": [f.name for entry in list_methods() for f in fields(entry.config_cls)]
+              + [entry.name for entry in list_methods()]}
+    missing = [f"{section}.{key}" for section, keys in wanted.items() for key in keys
+               if key not in sections.get(section, set())]
+    assert not missing, f"keys not in docs/configs.md: {missing}"

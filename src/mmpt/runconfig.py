@@ -377,6 +377,7 @@ def parse_run_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...
     """
     if not isinstance(data, dict):
         raise ConfigError(f"config: expected a mapping of sections, got {show(data)}; write model:, data:, ...")
+    switch_method(data, overrides)
     apply_overrides(data, overrides)
     shared = data.get("train") or {}
     stages = data.get("stages")
@@ -417,6 +418,37 @@ def model_kwargs(model: ModelConfig) -> dict[str, Any]:
     if model.projector_checkpoint:
         kwargs["projector_checkpoint"] = model.projector_checkpoint
     return kwargs
+
+
+def switch_method(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """``method.name=X`` on a config whose ``method`` is another method starts from X's defaults: the keys X has
+    are kept, the others dropped (and named on stderr), so ``mmpt train configs/quickstart.yaml method.name=lora``
+    runs instead of failing on the prefix's ``length``. Returns the dropped keys."""
+    import sys
+    from dataclasses import fields
+
+    from mmpt.methods import get_method
+
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        method = data.get("method")
+        if key.strip() != "method.name" or not isinstance(method, dict) or method.get("name") in (None, raw.strip()):
+            continue
+        try:
+            entry = get_method(raw.strip())
+        except ValueError:
+            continue  # validation names the unknown method and the known ones
+        keys = {f.name for f in fields(entry.config_cls)}
+        dropped = sorted(k for k in method if k not in keys)
+        data["method"] = {k: v for k, v in method.items() if k in keys}
+        if dropped:
+            train = data.get("train") if isinstance(data.get("train"), dict) else {}
+            print(f"mmpt: {item}: starts from {raw.strip()}'s defaults; dropped {method.get('name')}'s "
+                  f"{', '.join(dropped)} ({raw.strip()} has no such key; `mmpt methods` lists its keys); train.lr "
+                  f"stays {train.get('lr', 'the default')} (configs/methods/{raw.strip()}.yaml, where shipped, has a "
+                  "starting point for this method)", file=sys.stderr)
+        return dropped
+    return []
 
 
 def load_run_folder_config(run_dir: str | Path) -> RunConfig:
