@@ -33,6 +33,34 @@ def _pyplot() -> Any:
     return plt
 
 
+FRACTIONS = {"accuracy", "vqa_accuracy", "acc", "acc_plus", "acc@0.5", "miou", "unparsed", "bleu1", "bleu2", "bleu3",
+             "bleu4", "meteor", "rouge_l", "spice"}
+"""Metrics that are fractions in [0, 1] (the last part of a per-kind name such as ``accuracy/color``)."""
+
+
+def is_fraction(metric: str) -> bool:
+    """Whether ``metric`` (``accuracy``, ``mme/acc``, ``accuracy/color``...) lies in [0, 1]."""
+    return bool({metric, *metric.split("/")} & FRACTIONS)
+
+
+def fraction_axis(ax: Any, metric: str, axis: str = "y") -> None:
+    """Keep the ``axis`` of a fraction metric within [0, 1] (a run at 0.0 drew an axis from -0.05)."""
+    if not is_fraction(metric):
+        return
+    low, high = ax.get_ylim() if axis == "y" else ax.get_xlim()
+    bounds = (max(low, 0.0), min(high, 1.0))
+    if bounds[1] - bounds[0] <= (high - low) / 2 + 1e-12:  # mostly outside [0, 1]: values flat at 0 or 1
+        bounds = (0.0, 1.0)
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(*bounds)
+
+
+def integer_ticks(ax: Any, values: Sequence[float], axis: str = "x") -> None:
+    """Ticks at the values themselves when they are whole numbers (a sweep over lengths 4 and 8 showed 4.5)."""
+    if values and all(float(v).is_integer() for v in values):
+        ticks = sorted({float(v) for v in values})
+        (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks, [f"{int(t)}" for t in ticks])
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     """Rows of ``log.csv`` with a global ``x`` (optimizer steps counted across stages) added."""
     rows: list[dict[str, Any]] = []
@@ -56,11 +84,14 @@ def plot_curves(log_csv: Path, out_png: Path) -> Path | None:
         return None
     plt = _pyplot()
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=(2, 1))
+    short = len(rows) <= 10  # a short run (smoke, few logged steps): points that can be seen, one per row
+    marker, size = ("o", 5) if short else (".", 4)
     for stage in dict.fromkeys(r["stage"] for r in rows):
         mine = [r for r in rows if r["stage"] == stage]
         xs = [r["x"] for r in mine]
-        ax_loss.plot(xs, [r["loss"] if math.isfinite(r["loss"]) else np.nan for r in mine], marker=".", label=stage)
-        ax_lr.plot(xs, [r["lr"] for r in mine], label=stage)
+        ax_loss.plot(xs, [r["loss"] if math.isfinite(r["loss"]) else np.nan for r in mine], marker=marker,
+                     markersize=size, label=stage)
+        ax_lr.plot(xs, [r["lr"] for r in mine], marker=marker, markersize=size, label=stage)
     ax_loss.set_ylabel("training loss (smoothed)")
     ax_loss.grid(alpha=0.3)
     ax_loss.legend(title="stage", fontsize=8)
@@ -69,6 +100,10 @@ def plot_curves(log_csv: Path, out_png: Path) -> Path | None:
     ax_lr.xaxis.get_major_locator().set_params(integer=True)
     ax_lr.grid(alpha=0.3)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    if short:
+        integer_ticks(ax_lr, [r["x"] for r in rows])
+        note = f"{len(rows)} logged step(s): train.log_every sets how often"
+        ax_loss.text(0.99, 0.97, note, transform=ax_loss.transAxes, ha="right", va="top", fontsize=7, alpha=0.7)
     fig.suptitle(f"{log_csv.parent.name}: training curves")
     fig.tight_layout()
     save_figure(fig, out_png, dpi=110)

@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from mmpt.plots import fraction_axis, integer_ticks
 from mmpt.readback import SWEEP, read_checked
 from mmpt.runconfig import load_run_folder_config
 from mmpt.runfolder import FIX, RunFolderError, plain_name, refuse_links, save_figure
@@ -79,6 +80,10 @@ def plot_sweep(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
                     yerr=[mine[i]["std"] for i in order], marker="o", capsize=3,
                     label=", ".join(f"{k}={v}" for k, v in zip(others, line, strict=True)) or None)
     ax.set(xlabel=x_key, ylabel=f"{metric} (mean ± std over seeds)", title="sweep")
+    values = [r[x_key] for r in rows]
+    if all(_is_number(v) for v in values):
+        integer_ticks(ax, [float(v) for v in values])
+    fraction_axis(ax, metric)
     if others:
         ax.legend()
     fig.tight_layout()

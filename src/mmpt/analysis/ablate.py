@@ -21,6 +21,7 @@ from torch import nn
 
 from mmpt.analysis.common import PROMPT_METHODS, Result, Subject
 from mmpt.data import Sample
+from mmpt.plots import fraction_axis
 from mmpt.runfolder import save_figure
 
 ABLATED = ("prefix", *PROMPT_METHODS)
@@ -124,6 +125,7 @@ def _plot(rows: list[dict[str, Any]], metrics: list[str], path: Path) -> None:
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set(xlabel=metric, title=f"ablation: {metric}")
+        fraction_axis(ax, metric, axis="x")
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     plt.close(fig)

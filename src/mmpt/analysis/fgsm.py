@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from mmpt.analysis.common import Result, Subject, batches
 from mmpt.data import Sample
+from mmpt.plots import fraction_axis
 from mmpt.runfolder import save_figure
 
 
@@ -256,6 +257,7 @@ def _plot(rows: list[dict[str, Any]], metric: str, path: Path, target: str = "pi
         ax.plot([r["epsilon"] for r in mine], [r[metric] for r in mine], marker="o", label=label)
     unit, what = ("pixel range 0-1", "the image") if target == "pixels" else ("embedding units", "the text embeddings")
     ax.set(xlabel=f"epsilon ({unit})", ylabel=metric, title=f"FGSM attack on {what}")
+    fraction_axis(ax, metric)
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
