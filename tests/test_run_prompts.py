@@ -73,7 +73,7 @@ def test_predict_and_chat_put_the_question_into_the_runs_template(run_dir, monke
 
     seen: list[str] = []
 
-    def capture(task, model, processor, samples, config, progress=False):
+    def capture(task, model, processor, samples, config, progress=False, label="eval"):
         seen.extend(s.prompt for s in samples)
         return ["red"] * len(samples)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import shutil
 import sys
 import time
@@ -36,15 +37,14 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmpt.runconfig import load_run_config, load_run_folder_config, smoke
-    from mmpt.runfolder import refuse_links
+    from mmpt.runfolder import refuse_links_in_run
     from mmpt.train import run
 
     if args.resume:
         run_dir = Path(args.resume)
         if args.config is not None or args.overrides or args.smoke:
             raise ConfigError("--resume continues a run with its own config.yaml; give no CONFIG, overrides or --smoke")
-        if run_dir.is_dir():
-            refuse_links(run_dir)  # before its config.yaml is read
+        refuse_links_in_run(run_dir)  # before its config.yaml is read
         config = load_run_folder_config(run_dir)
         run(config, progress=not args.no_progress, resume=run_dir)
         return 0
@@ -392,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides"):
             parser.error(f"'{args.command}' takes no key=value overrides: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
+    if getattr(args, "no_progress", False):  # also the bars of transformers / hub / datasets (read at their import)
+        for variable in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+            os.environ[variable] = "1"
+        if "transformers" in sys.modules:  # imported already (a test, a notebook calling main)
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     try:
         return args.func(args)
     except ConfigError as exc:

@@ -20,15 +20,14 @@ from mmpt.data.validate import fit_context
 from mmpt.integrity import write_manifest
 from mmpt.paths import unique_run_dir
 from mmpt.runconfig import EvalConfig, load_run_config, load_run_folder_config, model_kwargs, smoke
-from mmpt.runfolder import refuse_links, write_text, writing
+from mmpt.runfolder import refuse_links_in_run, write_text, writing
 from mmpt.tasks import evaluate_task, predict_task
 
 
 def run_methods(run_dir: str | Path) -> list[Path]:
     """The method files of a run, in the order its stages applied them (``best/`` when the run kept one)."""
     run_dir = Path(run_dir)
-    if run_dir.is_dir():
-        refuse_links(run_dir)
+    refuse_links_in_run(run_dir)
     config = load_run_folder_config(run_dir)
     names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
     best = run_dir / "best"
@@ -76,8 +75,8 @@ def evaluate_config(
         config_path, run_dir = None, config_path
     if config_path is None and run_dir is None:
         raise ConfigError("mmpt eval needs a run folder (mmpt eval runs/quickstart) or a CONFIG (zero-shot)")
-    if run_dir is not None and Path(run_dir).is_dir():
-        refuse_links(Path(run_dir))
+    if run_dir is not None:
+        refuse_links_in_run(Path(run_dir))
     if config_path is None:
         load_run_folder_config(run_dir)  # type: ignore[arg-type]  # the run's own file, checked as it is
         config = load_run_config(Path(run_dir) / "config.yaml", overrides)  # type: ignore[arg-type]
@@ -165,7 +164,7 @@ class Predictor:
         samples = [replace(s, prompt=self.prompt(s.prompt)) for s in samples]
         samples = fit_context(self.loaded, samples, "raise", "input", self.eval_config.max_new_tokens)
         return predict_task(self.task, self.loaded.model, self.loaded.processor, samples, self.eval_config,
-                            progress=progress)
+                            progress=progress, label="predict")
 
 
 def predict_one(
@@ -190,6 +189,9 @@ def read_inputs(source: str | Path, prompt: str) -> list[Sample]:
     """Samples from a folder of images (each with ``prompt``) or a JSONL file of ``{"image", "prompt"}`` rows
     (images relative to the file; ``prompt`` is the default for rows without one)."""
     source = Path(source)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} not found; give an image, a folder of images or a .jsonl file of "
+                                "{image, prompt} rows")
     if source.is_dir():
         images = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:

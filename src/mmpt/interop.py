@@ -32,7 +32,7 @@ from mmpt import methods
 from mmpt.integrity import check_finite, save_safetensors, write_manifest
 from mmpt.methods.lora.peft_import import PEFT_CONFIG, PEFT_WEIGHTS
 from mmpt.methods.lora.peft_import import lora_modules as _lora_modules
-from mmpt.runfolder import refuse_links, write_text
+from mmpt.runfolder import refuse_links_in_run, write_text
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -130,8 +130,7 @@ def export_peft(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     from mmpt.runconfig import load_run_folder_config
 
     run_dir = Path(run_dir)
-    if run_dir.is_dir():
-        refuse_links(run_dir)
+    refuse_links_in_run(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "peft"
     if out.exists():
         raise FileExistsError(f"{out} exists; mmpt never overwrites an export: remove it or give --out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,8 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     for run_dir in run_dirs:
-        if run_dir.is_dir():
-            refuse_links(run_dir)
+        if run_dir.is_dir() and any(os.path.lexists(run_dir / f) for f in ("config.yaml", "metrics.json")):
+            refuse_links(run_dir)  # a run folder (anything else is skipped below, not walked)
         path = run_dir / "metrics.json"
         if not path.is_file():
             if not run_dir.is_dir():
@@ -230,11 +231,22 @@ def analysis_section(folder: Path, out: Path | None = None) -> str:
     return re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"![{m[1]}]({_relative(folder / m[2], out)})", text)
 
 
+def _analyses_inside(path: Path) -> list[Path]:
+    """``path``, or for the ``analysis/`` folder that ``mmpt analyze`` fills (no run, sweep or analysis of its
+    own), the analysis folders in it: ``mmpt report runs/*`` includes ``runs/analysis/rank``."""
+    if not path.is_dir() or path.is_symlink() or any((path / f).exists() for f in ("config.yaml", "sweep.json",
+                                                                                     "analysis.json")):
+        return [path]
+    found = sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and (p / "analysis.json").is_file())
+    return found or [path]
+
+
 def full_report(paths: Sequence[Path], csv_path: Path | None = None, out: Path | None = None) -> str:
     """One markdown report of run folders (a metrics table), sweep folders and analysis folders. With ``out``
     it is also written there (a fresh file: an existing report is never overwritten)."""
     from mmpt.paths import fresh_file
 
+    paths = [q for p in paths for q in _analyses_inside(p)]
     runs = [p for p in paths if not (p / "sweep.json").is_file() and not (p / "analysis.json").is_file()]
     parts = ["# mmpt report"]
     if runs:

@@ -399,11 +399,13 @@ def _smoke_train(train: TrainConfig) -> TrainConfig:
 def smoke(config: RunConfig) -> RunConfig:
     """Shrink any config to seconds: a few samples, two steps per stage, one round, short generations.
 
-    The run goes to ``<output_dir>/smoke/<name>``, so a smoke run never takes the real run's folder name.
+    The run goes to ``<output_dir>/smoke/<name>``, so a smoke run never takes the real run's folder name (a smoke
+    run's own config, already there, stays there: ``analyze --smoke`` on a smoke run writes beside it).
     """
+    out = Path(config.output_dir)
     return replace(
         config,
-        output_dir=str(Path(config.output_dir) / "smoke"),
+        output_dir=str(out if out.name == "smoke" else out / "smoke"),
         data=replace(config.data, train_size=8, eval_size=4),
         train=_smoke_train(config.train),
         stages=[replace(s, train=_smoke_train(s.train)) for s in config.stages],
@@ -459,8 +461,11 @@ def load_run_folder_config(run_dir: str | Path) -> RunConfig:
             parses or validates (edited or cut off), with the fix.
     """
     path = Path(run_dir) / "config.yaml"
+    if not Path(run_dir).is_dir():
+        raise ConfigError(f"run folder {run_dir} {'is a file' if Path(run_dir).exists() else 'does not exist'}; give "
+                          "a folder that mmpt train wrote (runs/<name>)")
     if not path.is_file():
-        raise ConfigError(f"{run_dir} is not an mmpt run folder (no config.yaml); give a folder that mmpt train "
+        raise ConfigError(f"{run_dir} is not an mmpt run folder (no config.yaml): give a folder that mmpt train "
                           "wrote (runs/<name>)")
     fix = "this run's config.yaml was edited or cut off: restore it (a run with a checkpoint keeps a copy in " \
           "checkpoint/config.json)"

@@ -44,6 +44,19 @@ def refuse_links(folder: Path) -> None:
                                      f"through links there (it could change or reveal a file elsewhere): {FIX}")
 
 
+def refuse_links_in_run(folder: Path) -> None:
+    """:func:`refuse_links` for a folder that must be a run: first one line when it is none (missing, a file, no
+    ``config.yaml``), so a wrong argument such as ``/tmp`` is named at once instead of walked."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunFolderError(f"run folder {folder} {'is a file' if folder.exists() else 'does not exist'}; give a "
+                             "folder that mmpt train wrote (runs/<name>)")
+    if not os.path.lexists(folder / "config.yaml"):
+        raise RunFolderError(f"{folder} is not an mmpt run folder (no config.yaml): give a folder that mmpt train "
+                             "wrote (runs/<name>)")
+    refuse_links(folder)
+
+
 def inside(folder: Path, name: object, source: Path, kind: str | None = "file") -> Path:
     """``folder / name`` for a ``name`` read from ``source`` (a file of the run): a relative path of plain names
     (no ``..``, not absolute), no link on the way, and an existing regular file (``kind="file"``) or folder

@@ -54,7 +54,7 @@ from mmpt.precision import resolve_precision
 from mmpt.readback import METRICS, ReadBackError, check, read_log_csv
 from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, model_kwargs
-from mmpt.runfolder import refuse_links, write_text, writing
+from mmpt.runfolder import refuse_links_in_run, write_text, writing
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
 from mmpt.tasks.objectives import Objective, TrainingError, build_objective
 from mmpt.tracking import Trackers
@@ -247,7 +247,7 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     )
     set_seed(config.seed)
     if resume is not None:
-        refuse_links(Path(resume))  # a run folder is untrusted input (mmpt.runfolder)
+        refuse_links_in_run(Path(resume))  # a run folder is untrusted input (mmpt.runfolder)
     lock = RunLock(Path(resume)) if resume is not None and accelerator.is_main_process else None
     try:
         resume_dir, state = resolve_checkpoint(Path(resume)) if resume is not None else (None, TrainState())

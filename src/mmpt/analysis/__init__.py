@@ -100,7 +100,10 @@ def analyze(
     else:
         result = analyze_similarity(subjects, chosen, progress=progress, **options)
     result.settings = {"runs": [str(r) for r in runs], "model": subjects[0].loaded.name, **result.settings}
-    folder = Path(out) if out is not None else Path(run_config.output_dir) / "analysis" / name
+    # beside the runs analysed (runs/analysis/<name> for runs/<run>; runs/smoke/analysis/... for smoke runs), or
+    # under the config's output_dir when only a config is given
+    home = Path(runs[0]).parent if runs else Path(run_config.output_dir)
+    folder = Path(out) if out is not None else home / "analysis" / name
     return write_result(result, folder)
 
 

@@ -25,7 +25,7 @@ from mmpt.models.family import get_submodule
 from mmpt.paths import fresh_dir
 from mmpt.report import markdown_table, write_rows
 from mmpt.runconfig import RunConfig, load_run_config, load_run_folder_config, model_kwargs
-from mmpt.runfolder import refuse_links, write_text
+from mmpt.runfolder import refuse_links_in_run, write_text
 
 PROMPT_METHODS = ("prompt", "deep_prompt", "m2pt", "visual_prompt")
 """Methods that add tokens to a tower's sequence (their positions are not the input's tokens)."""
@@ -108,8 +108,7 @@ def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bo
     from mmpt.inference import load_with_run, run_methods
 
     for run in runs:
-        if Path(run).is_dir():
-            refuse_links(Path(run))
+        refuse_links_in_run(Path(run))
     configs = [load_run_folder_config(r) for r in runs]
     names = {c.model.name for c in configs}
     if len(names) > 1:
@@ -143,8 +142,7 @@ def analysis_config(runs: Sequence[str | Path], config: str | Path | None, overr
     if config is None and not runs:
         raise ConfigError("give run folders or --config (its eval data is what the analysis reads)")
     for run in runs:
-        if Path(run).is_dir():
-            refuse_links(Path(run))
+        refuse_links_in_run(Path(run))
     path = Path(config) if config is not None else Path(runs[0]) / "config.yaml"
     loaded = load_run_config(path, list(overrides))
     return smoke(loaded) if smoke_mode else loaded

@@ -104,8 +104,10 @@ def predict_task(
     config: EvalConfig,
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     progress: bool = True,
+    label: str = "eval",
 ) -> list[str]:
-    """The predictions for ``samples``: the answer head's class, a ranked candidate, or generated text."""
+    """The predictions for ``samples``: the answer head's class, a ranked candidate, or generated text
+    (``label`` names the generation progress bar: ``eval``, ``predict``)."""
     candidates = candidates_of(config, task)
     head = getattr(model, f"{ATTACH_PREFIX}answer_head", None)
     if head is not None:  # VQA as classification over the head's answer list
@@ -115,7 +117,7 @@ def predict_task(
                                candidate_batch_size=config.candidate_batch_size)
     beams = config.num_beams or TASKS[task].num_beams
     return predict(model, processor, samples, config.batch_size, config.max_new_tokens, autocast, progress,
-                   num_beams=beams)
+                   num_beams=beams, label=label)
 
 
 def evaluation(task: str, samples: Sequence[Sample], predictions: Sequence[str], config: EvalConfig) -> Evaluation:

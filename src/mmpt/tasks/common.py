@@ -118,13 +118,15 @@ def predict(
     autocast: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
     progress: bool = True,
     num_beams: int = 1,
+    label: str = "eval",
 ) -> list[str]:
-    """Generated answers for ``samples``, in order: greedy, or beam search with ``num_beams > 1``."""
+    """Generated answers for ``samples``, in order: greedy, or beam search with ``num_beams > 1`` (``label``
+    names the progress bar)."""
     ends = getattr(processor, "generation_kwargs", None)  # HF processors: the family's pad/eos tokens
     if ends is None:
         ends = {"pad_token_id": processor.pad_token_id, "eos_token_id": processor.tokenizer.eos_token_id}
     out: list[str] = []
-    for batch in _in_batches(model, processor, samples, batch_size, "eval", progress):
+    for batch in _in_batches(model, processor, samples, batch_size, label, progress):
         batch.pop("position_ids", None)  # generate() counts positions itself (PaliGemma adds 1 to given ones)
         with autocast():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=num_beams, **ends)
