@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from mmpt.report import full_report
 from mmpt.runconfig import load_run_config, smoke
 
@@ -58,3 +60,17 @@ def test_no_progress_hides_the_loading_bars_and_predict_labels_its_own(tmp_path)
     shown = subprocess.run([*base, "--out", str(tmp_path / "b.jsonl")], capture_output=True, text=True, env=env,
                            timeout=300)
     assert shown.returncode == 0 and "predict:" in shown.stderr and "eval:" not in shown.stderr
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_completion_script_names_every_command(shell, capsys):
+    from mmpt.cli import build_parser, main
+
+    assert main(["completion", shell]) == 0
+    script = capsys.readouterr().out
+    commands = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    assert all(name in script for name in commands) and "--resume" in script and "--raw-prompt" in script
+    if shell == "bash":
+        import subprocess
+
+        assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0

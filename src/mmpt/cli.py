@@ -103,6 +103,13 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from mmpt.report import full_report
 
@@ -316,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-prompt", action="store_true",
                    help="use the prompt as given (default with --run: put it into the run's prompt template)")
     p.set_defaults(func=_cmd_chat)
+    p = sub.add_parser("completion", help="print a shell completion script (bash, zsh, tcsh)",
+                       description="eval \"$(mmpt completion bash)\" in ~/.bashrc completes mmpt's commands and flags; "
+                                   "zsh: mmpt completion zsh > ~/.zfunc/_mmpt (a folder in $fpath)")
+    p.add_argument("shell", choices=["bash", "zsh", "tcsh"])
+    p.set_defaults(func=_cmd_completion)
     p = sub.add_parser("report", help="one markdown report of runs, sweeps and analyses")
     p.add_argument("runs", nargs="+", help="run folders, sweep folders (sweep.json), analysis folders")
     p.add_argument("--csv", help="also append the runs' rows to this CSV file (e.g. results/runs.csv)")
