@@ -38,7 +38,11 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmpt.runconfig import load_run_config, load_run_folder_config, smoke
     from mmpt.runfolder import refuse_links_in_run
-    from mmpt.train import run
+
+    def run(*a: typing.Any, **k: typing.Any) -> typing.Any:  # the heavy imports once the config is checked
+        from mmpt.train import run as train
+
+        return train(*a, **k)
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -58,6 +62,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from mmpt.runconfig import load_run_config
+
+    if args.config is not None and Path(args.config).is_file():  # a config's errors before the heavy imports
+        load_run_config(args.config, args.overrides)
     from mmpt.inference import evaluate_config
 
     metrics = evaluate_config(args.config, args.overrides, args.run, smoke_mode=args.smoke,

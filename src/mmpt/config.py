@@ -185,6 +185,16 @@ def _build_polymorphic(base: type, value: Any, key: str) -> Any:
     return from_dict(cls, value, key)
 
 
+def _polymorphic(tp: Any) -> bool:
+    """Whether type ``tp`` (or a type inside it: ``X | None``, ``list[X]``, a dataclass holding one) is resolved
+    through :func:`register_resolver`."""
+    if isinstance(tp, type) and tp in _RESOLVERS:
+        return True
+    if dataclasses.is_dataclass(tp):
+        return any(_polymorphic(h) for h in typing.get_type_hints(tp).values())
+    return any(_polymorphic(a) for a in get_args(tp))
+
+
 def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, checking keys and types recursively."""
     where = prefix or "config"
@@ -200,11 +210,11 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
             hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(fields)}"
             shown = name if isinstance(name, str) and len(name) <= 80 else show(name)
             raise ConfigError(f"{prefix + '.' if prefix else ''}{shown}: unknown key; {hint}")
-    kwargs = {
-        name: _convert(data[name], hints[name], f"{prefix + '.' if prefix else ''}{name}")
-        for name in fields
-        if name in data
-    }
+    # sections whose class comes from a registry (methods) last: their registry may be heavy to import, and an
+    # error in any other key should answer without it
+    order = sorted((n for n in fields if n in data), key=lambda n: _polymorphic(hints[n]))
+    converted = {name: _convert(data[name], hints[name], f"{prefix + '.' if prefix else ''}{name}") for name in order}
+    kwargs = {name: converted[name] for name in fields if name in converted}
     try:
         obj = cls(**kwargs)
     except TypeError as exc:

@@ -22,7 +22,7 @@ from mmpt.config import (
     show,
 )
 from mmpt.data.keys import OPTIONAL_KEYS, READER_KEYS
-from mmpt.methods import MethodConfig, PrefixConfig
+from mmpt.method_configs import MethodConfig
 
 # A run name is one folder name: these characters only, at most 100 of them, not starting with '.' or '-'.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=-]*")
@@ -58,10 +58,14 @@ class ModelConfig:
     projector_checkpoint: str = ""
 
     def validate(self) -> None:
-        from mmpt.models import list_models
-
         check(bool(self.name.strip()), "name: empty; give a registered model (mmpt models lists them, e.g. "
               "mmpt-tiny), a local checkpoint folder or a cached hub id")
+
+    def check_registered(self) -> None:
+        """The checks that need the model registry (heavy imports): called by :meth:`RunConfig.validate`, after
+        every other key of the config is checked, so those errors answer first."""
+        from mmpt.models import list_models
+
         entry = next((e for e in list_models() if e.name == self.name), None)
         check(entry is None or not entry.not_runnable,
               f"name: {show(self.name)} cannot be trained or evaluated from a config: {entry and entry.not_runnable}")
@@ -289,6 +293,12 @@ class EvalConfig:
             check(bool(self.candidates), "candidates: an empty list; give answers to rank, or null to generate")
 
 
+def _default_method() -> MethodConfig:
+    from mmpt.methods import PrefixConfig
+
+    return PrefixConfig()
+
+
 @dataclass
 class StageConfig:
     """One stage of a run: the methods it trains and its optimization settings.
@@ -299,7 +309,7 @@ class StageConfig:
     """
 
     name: str = "stage"
-    methods: list[MethodConfig] = field(default_factory=lambda: [PrefixConfig()])
+    methods: list[MethodConfig] = field(default_factory=lambda: [_default_method()])
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
@@ -338,6 +348,10 @@ class RunConfig:
         check_range(self, "rounds", 1, 10_000)
         check(self.method is None or not self.stages, "method: give either 'method' or 'stages', not both")
         check(self.method is not None or bool(self.stages), "method: missing; give 'method' or 'stages'")
+        try:
+            self.model.check_registered()
+        except ConfigError as exc:
+            raise ConfigError(f"model.{exc}") from None
 
     def _validate_output_dir(self) -> None:
         """``output_dir`` must be (or be creatable as) a folder: no file in the way, no control characters."""
@@ -429,7 +443,7 @@ def switch_method(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) 
     import sys
     from dataclasses import fields
 
-    from mmpt.methods import get_method
+    from mmpt.method_configs import method_config_class
 
     for item in overrides:
         key, _, raw = item.partition("=")
@@ -437,10 +451,9 @@ def switch_method(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) 
         if key.strip() != "method.name" or not isinstance(method, dict) or method.get("name") in (None, raw.strip()):
             continue
         try:
-            entry = get_method(raw.strip())
+            keys = {f.name for f in fields(method_config_class(raw.strip()))}
         except ValueError:
             continue  # validation names the unknown method and the known ones
-        keys = {f.name for f in fields(entry.config_cls)}
         dropped = sorted(k for k in method if k not in keys)
         data["method"] = {k: v for k, v in method.items() if k in keys}
         if dropped:

@@ -9,20 +9,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from mmpt.config import register_resolver
+from mmpt.method_configs import MethodConfig
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
 
-
-@dataclass
-class MethodConfig:
-    """Base of every method's config; ``name`` selects the method in YAML (``method: {name: prefix, ...}``)."""
-
-    name: str = ""
-
-    def validate(self) -> None:
-        """Check value ranges; raise ``ConfigError`` naming the key."""
+__all__ = ["MethodConfig", "Method", "MethodEntry", "register_method", "get_method", "list_methods", "apply"]
 
 
 @runtime_checkable
@@ -86,9 +78,6 @@ def detach_from_model(method: object) -> None:
     if detach is not None:
         detach()
         del method.detach_from_model  # type: ignore[attr-defined]
-
-
-register_resolver(MethodConfig, lambda name: get_method(name).config_cls)
 
 
 def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -> Method:
