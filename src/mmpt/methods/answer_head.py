@@ -9,16 +9,15 @@ then predicts ``answers[argmax]`` instead of generating.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mmpt.config import check
 from mmpt.contract import CallArguments
-from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.method_configs import AnswerHeadConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
@@ -33,27 +32,6 @@ def answer_list(answers: list[str] | str) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"answer_head.answers: answer list {path} not found (one answer per line)")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-@dataclass
-class AnswerHeadConfig(MethodConfig):
-    """Classification head over a fixed answer list.
-
-    Attributes:
-        answers: the answer vocabulary: a list, or a text file with one answer per line.
-        tower: the tower whose final hidden states are pooled (``lm`` or an encoder).
-        pooling: ``last`` (the last real token) or ``mean`` (over real tokens).
-    """
-
-    name: str = "answer_head"
-    answers: list[str] | str = field(default_factory=list)
-    tower: str = "lm"
-    pooling: Literal["last", "mean"] = "last"
-
-    def validate(self) -> None:
-        check(bool(self.answers), "answers: give the answer list (e.g. [yes, no, red]) or a file of answers")
-        if isinstance(self.answers, list):
-            check(len(set(self.answers)) == len(self.answers), "answers: each answer once")
 
 
 class AnswerHeadMethod(nn.Module):

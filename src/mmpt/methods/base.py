@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from mmpt.method_configs import MethodConfig
+from mmpt.method_configs import MethodConfig, register_config
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -58,6 +58,7 @@ def register_method(entry: MethodEntry) -> None:
     if entry.name in _METHODS:
         raise ValueError(f"method '{entry.name}' is already registered")
     _METHODS[entry.name] = entry
+    register_config(entry.name, entry.config_cls)
 
 
 def get_method(name: str) -> MethodEntry:

@@ -21,15 +21,14 @@ below the first chosen one (and between chosen ones) see no prompts.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mmpt.config import MAX_LAYERS, MAX_TOKENS, check_range
 from mmpt.contract import CallArguments, ContractError, map_masks
-from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.method_configs import DeepPromptConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
 from mmpt.methods.kv import pad_mask
 from mmpt.methods.prompt import PromptConfig, PromptMethod
@@ -37,32 +36,6 @@ from mmpt.models.family import attention_layers, get_submodule, hooked_blocks, t
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
-
-
-@dataclass
-class DeepPromptConfig(MethodConfig):
-    """Deep prompts.
-
-    Attributes:
-        length: prompt tokens per layer.
-        tower: which tower (``vision``, ``lm``, ``qformer``, ``encoder``...).
-        layers: layer indices (negative counts from the end); empty means every layer.
-        init_scale: standard deviation of the ``normal`` initialization (0.02 for ViTs).
-        init: ``normal`` (``init_scale``) or ``xavier`` (Xavier/Glorot uniform over each layer's ``length x width``
-            matrix, M2PT's initialization).
-    """
-
-    name: str = "deep_prompt"
-    length: int = 8
-    tower: str = "vision"
-    layers: list[int] = field(default_factory=list)
-    init_scale: float = 0.02
-    init: Literal["normal", "xavier"] = "normal"
-
-    def validate(self) -> None:
-        check_range(self, "length", 1, MAX_TOKENS)
-        check_range(self, "layers", -MAX_LAYERS, MAX_LAYERS - 1, fix="give layer indices such as [0, 1, -1]")
-        check_range(self, "init_scale", 0, 10, open_low=True)
 
 
 class DeepPromptMethod(nn.Module):

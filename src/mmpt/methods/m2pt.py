@@ -9,63 +9,19 @@ LM.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mmpt.config import MAX_IMAGE_SIZE, MAX_LAYERS, MAX_TOKENS, check, check_range
-from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.method_configs import M2PTConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.deep_prompt import DeepPromptConfig, DeepPromptMethod
 from mmpt.methods.visual_prompt import VisualPromptConfig, VisualPromptMethod
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
-
-
-@dataclass
-class M2PTConfig(MethodConfig):
-    """M2PT.
-
-    Attributes:
-        visual_length / text_length: prompt tokens per layer in the vision tower / the LM (0 disables).
-        visual_layers / text_layers: layer indices (empty = all; the paper's "location" ablation; textual prompts may
-            start at any LM layer, see :mod:`mmpt.methods.deep_prompt`).
-        train_projector: train the interaction layer too (the paper does).
-        interaction: which interaction layer: ``projector`` (the model's own projector, trained) or ``linear`` (a
-            fresh ``width x width`` linear projection after the projector, M2PT's ``f_in``; it starts as the
-            identity, so the untrained method leaves the image features as they were; the projector stays frozen).
-        init: prompt initialization: ``xavier`` (the paper's) or ``normal`` (std 0.02).
-        frame_width: pixel frame width used when the vision tower is a CNN.
-        image_size: image side for the pixel frame.
-    """
-
-    name: str = "m2pt"
-    visual_length: int = 10
-    text_length: int = 10
-    visual_layers: list[int] = field(default_factory=list)
-    text_layers: list[int] = field(default_factory=list)
-    train_projector: bool = True
-    interaction: Literal["projector", "linear"] = "projector"
-    init: Literal["xavier", "normal"] = "xavier"
-    frame_width: int = 16
-    image_size: int = 224
-
-    def validate(self) -> None:
-        check_range(self, "visual_length", 0, MAX_TOKENS)
-        check_range(self, "text_length", 0, MAX_TOKENS)
-        for key in ("visual_layers", "text_layers"):
-            check_range(self, key, -MAX_LAYERS, MAX_LAYERS - 1, fix="give layer indices such as [0, 1, -1]")
-        check_range(self, "image_size", 8, MAX_IMAGE_SIZE)
-        check_range(self, "frame_width", 1, (self.image_size - 1) // 2,
-                    fix=f"the frame must leave an image inside image_size={self.image_size} px")
-        check(self.interaction == "projector" or self.train_projector,
-              "interaction: 'linear' is a trained interaction layer; it needs train_projector: true")
-        check(self.visual_length + self.text_length > 0 or self.train_projector,
-              f"visual_length: m2pt has nothing to train, got visual_length={self.visual_length}, text_length="
-              f"{self.text_length}, train_projector=false; give a prompt length or train_projector: true")
 
 
 class M2PTMethod(nn.Module):

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.method_configs import ProjectorConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, register_method
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
-
-
-@dataclass
-class ProjectorConfig(MethodConfig):
-    """Train the model's projector; nothing is injected."""
-
-    name: str = "projector"
 
 
 class ProjectorMethod:

@@ -11,15 +11,14 @@ the whole generation instead of sliding out of the window.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mmpt.config import MAX_TOKENS, check_range
 from mmpt.contract import CallArguments, map_masks, prepend_token_rows
-from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.method_configs import PromptConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import install_pins, pad_mask
 from mmpt.models.family import attention_modules, get_submodule
 
@@ -27,26 +26,6 @@ if TYPE_CHECKING:
     from mmpt.models import LoadedModel
 
 CACHE_MARK = "_mmpt_prompt_length"
-
-
-@dataclass
-class PromptConfig(MethodConfig):
-    """Shallow prompt tuning.
-
-    Attributes:
-        length: number of prompt embeddings.
-        tower: the decoder tower whose input receives them.
-        init_scale: standard deviation of the random initialization, in units of the embedding table's.
-    """
-
-    name: str = "prompt"
-    length: int = 16
-    tower: str = "lm"
-    init_scale: float = 1.0
-
-    def validate(self) -> None:
-        check_range(self, "length", 1, MAX_TOKENS)
-        check_range(self, "init_scale", 0, 10, open_low=True)
 
 
 class PromptMethod(nn.Module):

@@ -7,12 +7,12 @@ back the values they had when it was applied (a CPU snapshot taken then).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from mmpt.method_configs import BitFitConfig, FullConfig, HeadConfig  # noqa: F401 - torch-free, with every method's config
 from mmpt.methods.base import MethodConfig, MethodEntry, register_method
 from mmpt.models.family import get_submodule
 
@@ -67,34 +67,6 @@ def _tower_parameters(loaded: LoadedModel, towers: list[str]) -> dict[str, nn.Pa
 
 def _is_method_parameter(name: str) -> bool:
     return name.startswith("mmpt_") or ".mmpt_" in name or ".lora_" in name
-
-
-@dataclass
-class BitFitConfig(MethodConfig):
-    """BitFit (Ben Zaken et al. 2022): train only bias terms (of ``towers``; empty = whole model)."""
-
-    name: str = "bitfit"
-    towers: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FullConfig(MethodConfig):
-    """Full fine-tuning of ``towers`` (empty = whole model).
-
-    PT-PEFT keeps the word embeddings and the output head frozen: ``freeze_embeddings`` / ``freeze_head``.
-    """
-
-    name: str = "full"
-    towers: list[str] = field(default_factory=list)
-    freeze_embeddings: bool = False
-    freeze_head: bool = False
-
-
-@dataclass
-class HeadConfig(MethodConfig):
-    """Train only the output layer (the family's ``head``)."""
-
-    name: str = "head"
 
 
 def _bitfit(loaded: LoadedModel, config: BitFitConfig) -> ParameterSelection:

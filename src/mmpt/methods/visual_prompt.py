@@ -6,40 +6,18 @@ It suits CNN towers such as mmpt-tiny's EfficientNet, where token prompts do not
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mmpt.config import MAX_IMAGE_SIZE, check_range
 from mmpt.contract import ContractError
-from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.method_configs import VisualPromptConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
-
-
-@dataclass
-class VisualPromptConfig(MethodConfig):
-    """Pixel-space padding prompt.
-
-    Attributes:
-        width: border width in pixels (the paper uses 30 at 224 px).
-        image_size: side of the (square) images the tower receives.
-        tower: the vision tower.
-    """
-
-    name: str = "visual_prompt"
-    width: int = 30
-    image_size: int = 224
-    tower: str = "vision"
-
-    def validate(self) -> None:
-        check_range(self, "image_size", 8, MAX_IMAGE_SIZE)
-        check_range(self, "width", 1, (self.image_size - 1) // 2,
-                    fix=f"the frame must leave an image inside image_size={self.image_size} px")
 
 
 class VisualPromptMethod(nn.Module):

@@ -3,48 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from mmpt.config import MAX_WIDTH, check_range
-from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.method_configs import AdapterConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
 from mmpt.models.family import hooked_blocks, tower_width
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
-
-
-@dataclass
-class AdapterConfig(MethodConfig):
-    """Bottleneck adapters (down-projection, activation, zero-initialised up-projection).
-
-    Attributes:
-        placement: where adapters sit in each block:
-
-            - ``sequential``: one after the block, ``h = block(x); h = h + A(h)`` (Pfeiffer-like position);
-            - ``houlsby``: two per block (Houlsby et al. 2019, PT-PEFT's sequential adapter): on the output of the
-              attention sublayer and of the MLP sublayer, each ``f(x) + A(f(x))``, before the residual addition;
-            - ``parallel``: one beside the whole block, ``h = block(x) + s * A(x)``;
-            - ``parallel_ffn``: beside the MLP sublayer, ``mlp(x) + s * A(x)`` on the MLP's own input (He et al.
-              2022's scaled parallel adapter, PT-PEFT's parallel adapter; the paper uses ``s = 4``).
-        bottleneck: hidden size of the adapter.
-        scale: ``s`` for parallel adapters.
-        towers: towers whose blocks get adapters.
-    """
-
-    name: str = "adapter"
-    placement: Literal["sequential", "houlsby", "parallel", "parallel_ffn"] = "sequential"
-    bottleneck: int = 64
-    scale: float = 1.0
-    towers: list[str] = field(default_factory=lambda: ["lm"])
-
-    def validate(self) -> None:
-        check_range(self, "bottleneck", 1, MAX_WIDTH)
-        check_range(self, "scale", 0, 100, open_low=True)
 
 
 class Bottleneck(nn.Module):

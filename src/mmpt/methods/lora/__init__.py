@@ -3,48 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mmpt.config import MAX_TOKENS, check, check_range
-from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
+from mmpt.method_configs import DEFAULT_TARGETS, LoRAConfig  # noqa: F401 - torch-free, with every method's config
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.models.family import blocks
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
-
-# Names of query/key/value projections across families (Llama/BART/CLIP: *_proj; BERT-style: query/key/value).
-DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "query", "key", "value"]
-
-
-@dataclass
-class LoRAConfig(MethodConfig):
-    """LoRA through PEFT's ``lora.Linear`` layers.
-
-    Attributes:
-        r, alpha, dropout: rank, scaling numerator and dropout (PT-PEFT: 16, 32, 0.05).
-        targets: ``nn.Linear`` modules inside the chosen towers' blocks to adapt: a module name (``q_proj``:
-            every module of that name) or the end of its dotted path inside the block
-            (``attention.attention.query``: the Q-Former's self-attention query, not ``crossattention.attention.query``).
-        towers: towers whose blocks are searched (``lm`` by default).
-    """
-
-    name: str = "lora"
-    r: int = 16
-    alpha: float = 32.0
-    dropout: float = 0.05
-    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
-    towers: list[str] = field(default_factory=lambda: ["lm"])
-
-    def validate(self) -> None:
-        check_range(self, "r", 1, MAX_TOKENS, fix="use a rank such as 16")
-        check_range(self, "alpha", 0, 10**4, open_low=True, fix="use a scaling numerator such as 32 (often 2 * r)")
-        check_range(self, "dropout", 0, 1, open_high=True)
-        check(bool(self.targets), "targets: name at least one module, e.g. [q_proj, v_proj]")
-
 
 def _targeted(path: str, targets: list[str]) -> bool:
     """Whether a module's dotted path inside its block is one of ``targets`` (a name or a dotted path end)."""

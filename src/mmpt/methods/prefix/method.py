@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from mmpt.method_configs import PrefixConfig
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import KVInjection, kv_layout, projections
-from mmpt.methods.prefix.config import PrefixConfig
 from mmpt.models.family import Tower, attention_layers, blocks, get_submodule
 
 if TYPE_CHECKING:
