@@ -41,7 +41,7 @@ def test_models_say_which_can_train(capsys):
     llava = blocks.index(next(b for b in blocks if b.startswith("llava-tiny-random")))
     assert "no: built from a config without a tokenizer" in blocks[llava + 2]
     with pytest.raises(ConfigError, match="cannot be trained or evaluated from a config"):
-        load_run_config(None, ["model.name=llava-tiny-random"])
+        load_run_config(None, ["model.name=llava-tiny-random", "method={name: prefix}"])
 
 
 def test_curves_follow_stages_on_one_axis(tmp_path):
