@@ -55,7 +55,7 @@ def skip_reason(words: list[str], smoke: bool) -> str:
         return "multi-process launch (tests/test_reliability_runs.py runs 2 CPU processes)"
     if words[0] not in ("mmpt", "eval"):
         return "not an mmpt command"
-    if any(w.isupper() or w.startswith("$") for w in words):
+    if any(w.isupper() or (w.startswith("$") and not w.startswith("$(")) for w in words):
         return "a pattern with placeholders"
     if smoke and words[1:3] == ["pretrain-projector", "--install"]:
         return "mmpt refuses to install a smoke (2-step) projector"
@@ -88,7 +88,7 @@ def adapt(words: list[str], line: str, work: Path, smoke: bool) -> list[str]:
         runs_folder = len(words) > 2 and words[2].startswith("runs/")
         if words[1] in TRAINS and "--resume" not in words and "--smoke" not in words and not runs_folder:
             out.append("--smoke")
-        if words[1] == "analyze":
+        if words[1] == "analyze" and "--smoke" not in out:
             out.append("--smoke")
         out = [re.sub(r"^runs/(?!smoke/)", "runs/smoke/", w) for w in out]
     expanded = []
@@ -115,8 +115,11 @@ def main() -> None:
     queue = list(commands())
     while queue:
         source, line, words = queue.pop(0)
-        if words[:2] == ["mmpt", "import"] and (work / "runs/smoke/quickstart/peft/lora").is_dir():
-            shutil.copytree(work / "runs/smoke/quickstart/peft/lora", work / "my-peft-lora", dirs_exist_ok=True)
+        if words[:2] == ["mmpt", "import"] and (work / "runs/smoke/lora").is_dir() and not (work / "my-peft-lora").exists():
+            # the user's own PEFT LoRA: here the export of the LoRA run an earlier command trained
+            subprocess.run([str(ROOT / ".venv/bin/mmpt"), "export", "runs/smoke/lora", "--out", "exported-lora"],
+                           cwd=work, capture_output=True, check=True)
+            shutil.copytree(work / "exported-lora" / "lora-lm", work / "my-peft-lora")
         why = skip_reason(words, smoke)
         if why:
             rows.append({"source": source, "command": line, "seconds": "", "exit": "", "result": f"skipped: {why}"})

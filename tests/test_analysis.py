@@ -213,8 +213,17 @@ def test_sweep_resumes_and_reports_mean_and_std(tmp_path, capsys):
     assert main(["sweep", str(config), *grid, "--smoke", "--no-progress"]) == 0
     assert capsys.readouterr().out.count("finished before, reused") == 2
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == runs
-    assert main(["sweep", str(config), *grid, "train.lr=0.01", "--smoke", "--no-progress"]) == 2  # not reused
-    assert "trained with other settings: train.lr (0.05 -> 0.01)" in capsys.readouterr().err
+    recorded = (folder / "sweep.json").read_text()
+    # another sweep over the same keys (other fixed settings): a folder of its own, the first one untouched
+    assert main(["sweep", str(config), *grid, "train.lr=0.01", "--smoke", "--no-progress"]) == 0
+    assert "holds another sweep" in capsys.readouterr().out
+    assert sorted(p.name for p in (folder.parent / "sweep-sw-seed-2").iterdir() if p.is_dir()) == runs
+    assert (folder / "sweep.json").read_text() == recorded
+    # the same sweep after its config file changed: refused before anything is recorded or trained
+    config.write_text(config.read_text().replace("length: 2", "length: 3"))
+    assert main(["sweep", str(config), *grid, "--smoke", "--no-progress"]) == 2
+    assert "trained with other settings: method.length (2 -> 3)" in capsys.readouterr().err
+    assert (folder / "sweep.json").read_text() == recorded
     # a sweep's run folder (its name holds '=') is a run for mmpt analyze, not an override
     assert main(["analyze", "rank", str(folder / "sw-seed=0"), "--smoke", "--no-progress", "--no-base",
                  "--out", str(tmp_path / "rank")]) == 0

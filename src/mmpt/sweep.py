@@ -62,7 +62,8 @@ def run_sweep(config_path: str | Path, grid: Sequence[str], smoke_mode: bool = F
     base = load_run_config(config_path, fixed)
     if smoke_mode:
         base = smoke(base)
-    folder = Path(out) if out is not None else Path(base.output_dir) / f"sweep-{base.name}-{'-'.join(axes)}"
+    folder = Path(out) if out is not None else _sweep_folder(
+        Path(base.output_dir) / f"sweep-{base.name}-{'-'.join(axes)}", config_path, fixed, smoke_mode)
     points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     configs = []
     for point in points:  # every config is checked before anything trains
@@ -78,13 +79,14 @@ def run_sweep(config_path: str | Path, grid: Sequence[str], smoke_mode: bool = F
     if len(set(names)) != len(names):
         raise ConfigError(f"sweep: grid points share a run name ({names[0]}...; names are cut to 100 characters): "
                           "give the config a shorter name")
+    for config in configs:  # every existing run must match before anything is recorded or trained
+        if (folder / config.name / "config.yaml").is_file():
+            _check_same(folder / config.name, config)
     folder.mkdir(parents=True, exist_ok=True)
     _record(folder, config_path, axes, fixed, points, configs, smoke_mode)
     for n, config in enumerate(configs, 1):
         run_dir = folder / config.name
         where = f"mmpt sweep: run {n}/{len(points)} {config.name}"
-        if (run_dir / "config.yaml").is_file():
-            _check_same(run_dir, config)
         if (run_dir / "metrics.json").is_file():
             print(f"{where}: finished before, reused")
             continue
@@ -98,6 +100,26 @@ def run_sweep(config_path: str | Path, grid: Sequence[str], smoke_mode: bool = F
         print(f"{where}")
         run(config, progress=progress)
     return folder
+
+
+def _sweep_folder(default: Path, config_path: str | Path, fixed: list[str], smoke_mode: bool) -> Path:
+    """The sweep's folder: ``default``, or ``default-2``, ``-3``... when a folder of that name holds another sweep
+    (another config file or other fixed overrides; said on stdout) or is no sweep at all. The same sweep run again
+    finds its own folder and reuses its runs."""
+    for n in range(1, 1000):
+        folder = default if n == 1 else default.with_name(f"{default.name}-{n}")
+        path = folder / "sweep.json"
+        if not folder.exists():
+            return folder
+        if path.is_file():
+            recorded = read_checked(path, SWEEP, "sweep into another output_dir, or restore the file")
+            if recorded.get("config") == str(config_path) and recorded.get("fixed", []) == list(fixed) \
+                    and recorded.get("smoke", False) == smoke_mode:
+                return folder
+        if n == 1:
+            print(f"mmpt sweep: {folder} holds another sweep (other config or fixed settings); this one goes to "
+                  f"{folder.name}-2 or the next free name")
+    raise ConfigError(f"sweep: {default} and 998 numbered folders beside it are taken; give --out")
 
 
 def _check_same(run_dir: Path, config: Any) -> None:
