@@ -100,7 +100,7 @@ def test_rewind_log_with_repeated_stage_names(tmp_path):
 
     path = tmp_path / "log.csv"
     rows = [("a", 10), ("a", 20), ("b", 10), ("a", 10), ("a", 20), ("a", 30), ("b", 10)]  # rounds: a, b, a, b
-    path.write_text("stage,step,loss\n" + "".join(f"{n},{s},1.0\n" for n, s in rows))
+    path.write_text("stage,step,loss,lr\n" + "".join(f"{n},{s},1.0,0.01\n" for n, s in rows))
     assert rewind_log(path, ["a", "b", "a", "b"], stage=2, step=10) == 3  # resume round 2's 'a' at step 10
     with open(path) as f:
         assert [(r["stage"], int(r["step"])) for r in csv.DictReader(f)] == rows[:4]

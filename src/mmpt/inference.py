@@ -240,9 +240,9 @@ def chat(predictor: Predictor, image: str | Path | None, read: Any = input, writ
     history: list[tuple[str, str]] = []
     current = Path(image) if image is not None else None
     write("mmpt chat: ask about the image; /image PATH, /reset, /quit")
-    if predictor.template:
-        write(f"(each question goes into the run's prompt template {predictor.template!r}; --raw-prompt sends it as "
-              "typed)")
+    template = getattr(predictor, "template", "")  # a Predictor, or any callable on samples
+    if template:
+        write(f"(each question goes into the run's prompt template {template!r}; --raw-prompt sends it as typed)")
     while True:
         try:
             line = read("> ").strip()
