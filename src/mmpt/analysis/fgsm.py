@@ -217,7 +217,7 @@ def analyze_fgsm(subjects: Sequence[Subject], samples: Sequence[Sample], epsilon
             for eps in tqdm(epsilons, desc=f"fgsm text {subject.label}", disable=not progress, leave=False):
                 rows.append({"subject": subject.label, "epsilon": eps,
                              metric: _text_metric(subject, samples, directions, eps, task, eval_config)})
-        scale = float(subjects[0].loaded.model.get_input_embeddings().weight.std())
+        scale = float(subjects[0].loaded.model.get_input_embeddings().weight.detach().std())
         notes = [f"One-step FGSM on the prompt's text-token embeddings: e + eps * sign(grad); eps in embedding units "
                  f"(the embedding table's std is {scale:.4f}); each subject attacked through its own gradient.",
                  "Epsilon 0 is the clean evaluation."]

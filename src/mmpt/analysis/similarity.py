@@ -33,7 +33,7 @@ def prefix_keys(method: Any, tower: str) -> tuple[torch.Tensor, list[nn.Module]]
         raise ValueError(f"no prefix on tower '{tower}' (prefixes on: {have})")
     index = list(encoders).index(tower)
     with torch.no_grad():
-        value = encoders[tower]().float()  # (layers, 2, heads, length, head_dim)
+        value = encoders[tower]().detach().float()  # (layers, 2, heads, length, head_dim); a Parameter as is
     keys = value[:, 0].permute(0, 2, 1, 3).flatten(2)  # (layers, length, heads * head_dim)
     return keys, method.injections[index].modules
 
