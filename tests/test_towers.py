@@ -79,3 +79,49 @@ def test_run_with_tower_cache_trains_the_same_prefix(tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
     assert cached["after"]["accuracy"] == plain["after"]["accuracy"]
+
+
+def _bn_input_gradient(n: int) -> torch.Tensor:
+    """Input gradient of an eval-mode BatchNorm2d (random statistics) for a batch of ``n`` whose outgoing gradient
+    has the strides ``flatten(2).transpose(1, 2)`` gives; sample 0's, float64."""
+    torch.manual_seed(0)
+    bn = torch.nn.BatchNorm2d(8).eval().double()
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    with torch.no_grad():
+        bn.weight.normal_()
+    x = torch.randn(2, 8, 3, 3, dtype=torch.float64)[:n].requires_grad_(True)
+    upstream = torch.randn(2, 9, 8, dtype=torch.float64)[:n]
+    (bn(x).flatten(2).transpose(1, 2) * upstream).sum().backward()
+    return x.grad[0]
+
+
+def test_the_torch_batchnorm_bug_the_tower_works_around_is_still_there():
+    """If this fails, torch fixed its batch-1 BatchNorm2d backward: drop mmpt.models.tiny._ContiguousGrad."""
+    assert not torch.allclose(_bn_input_gradient(1), _bn_input_gradient(2))
+
+
+def test_tower_input_gradient_of_a_batch_of_one_equals_that_sample_in_a_batch_of_two():
+    """issue 17: FGSM directions and visual prompts trained at batch size 1 got a wrong pixel gradient through the
+    EfficientNet tower (torch's batch-1 BatchNorm2d backward); now batch 1 and batch 2 agree exactly."""
+    from mmpt.models.tiny import EfficientNetTower
+
+    torch.manual_seed(0)
+    tower = EfficientNetTower(pretrained=False).double().eval()
+    with torch.no_grad():
+        for module in tower.modules():  # per-channel statistics, as pretrained ones are (defaults hide the bug)
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1.0, 0.5)
+    for p in tower.parameters():
+        p.requires_grad_(False)
+    x, other = torch.randn(2, 1, 3, 64, 64, dtype=torch.float64)
+    weights = torch.randn(4, 1280, dtype=torch.float64)
+
+    def gradient(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.clone().requires_grad_(True)
+        (tower(batch)[:1] * weights).sum().backward()
+        return batch.grad[:1]
+
+    torch.testing.assert_close(gradient(x), gradient(torch.cat([x, other])), rtol=1e-9, atol=1e-9)

@@ -99,7 +99,25 @@ class EfficientNetTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.net.extract_features(pixel_values)  # (B, 1280, h, w)
-        return features.flatten(2).transpose(1, 2)
+        return _ContiguousGrad.apply(features).flatten(2).transpose(1, 2)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    torch 2.13's CPU ``BatchNorm2d`` backward in eval mode returns a wrong input gradient for a batch of one when
+    the gradient arriving at it has the strides ``flatten(2).transpose(1, 2)`` gives (channels last): a batch-1
+    FGSM direction agreed in sign with the true one on ~50% of pixels, and a visual prompt trained at batch size 1
+    got wrong gradients (issue 17). ``tests/test_towers.py`` checks batch 1 against batch 2 and that the torch bug
+    is still there (remove this when it is not)."""
+
+    @staticmethod
+    def forward(ctx: Any, features: torch.Tensor) -> torch.Tensor:
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
 def _lm_source() -> tuple[Path, dict[str, object]]:
