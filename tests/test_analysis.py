@@ -79,6 +79,23 @@ def test_noise_keeps_the_norm_of_every_matrix():
     assert noise_like(torch.tensor([3.0, 4.0]), torch.Generator()).norm() == pytest.approx(5.0)
 
 
+def test_frame_noise_has_the_visible_frames_norm_and_runs_draw_their_own_noise():
+    """issue 17: frame noise was norm-matched over the whole image and masked afterwards (0.51-0.68x of the visible
+    frame's norm), and one generator was shared across runs (a run's noise depended on the runs before it)."""
+    from mmpt.analysis.ablate import subject_generator
+
+    frame = torch.randn(3, 32, 32)
+    mask = torch.ones(1, 32, 32)
+    mask[:, 4:-4, 4:-4] = 0
+    noise = noise_like(frame, torch.Generator().manual_seed(0), mask)
+    assert (noise * (1 - mask)).abs().max() == 0  # nothing where the model does not look
+    torch.testing.assert_close(noise.norm(dim=(-2, -1)), (frame * mask).norm(dim=(-2, -1)))
+    first = torch.randn(4, generator=subject_generator(0, "runs/b"))
+    subject_generator(0, "runs/a")  # another run drawn before it changes nothing
+    assert torch.equal(torch.randn(4, generator=subject_generator(0, "runs/b")), first)
+    assert not torch.equal(torch.randn(4, generator=subject_generator(0, "runs/a")), first)
+
+
 def _family(name: str):
     loaded = models.load(f"{name}-tiny-random", seed=0)
     randomize(loaded.model, 0.3, 0)
@@ -138,9 +155,9 @@ def test_fgsm_step_raises_the_loss_and_ablation_noise_changes_the_prefix(family)
     assert attacked > clean
     with torch.no_grad():
         before = model(**batch, use_cache=False).logits
-        for _, p in learned_vectors(method):
+        for _, p, mask in learned_vectors(method):
             norm = p.norm(dim=(-2, -1))
-            p.copy_(noise_like(p, torch.Generator().manual_seed(1)))
+            p.copy_(noise_like(p, torch.Generator().manual_seed(1), mask))
             torch.testing.assert_close(p.norm(dim=(-2, -1)), norm)
         assert not torch.allclose(model(**batch, use_cache=False).logits, before)
 

@@ -12,6 +12,7 @@ samples) the table holds top-1 and top-5 accuracy of the ranking; otherwise the 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,25 +29,42 @@ ABLATED = ("prefix", *PROMPT_METHODS)
 """Methods whose learned vectors an ablation removes or replaces."""
 
 
-def noise_like(tensor: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def noise_like(tensor: torch.Tensor, generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Gaussian noise with ``tensor``'s shape whose every ``(tokens, width)`` matrix (last two dims) has the norm of
-    the same matrix of ``tensor``."""
+    the same matrix of ``tensor``. With ``mask`` (a visual prompt's frame: only the masked pixels are seen), the
+    noise is zero outside it and the norms are those of the visible part, so the model sees noise of the visible
+    frame's norm (norm-matching the whole image and masking afterwards left 0.51-0.68x of it)."""
     noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
     source = tensor.detach().double().cpu()  # the noise is drawn on the CPU (a CPU generator)
+    if mask is not None:
+        visible = mask.detach().double().cpu().expand_as(source)
+        noise, source = noise * visible, source * visible
     if tensor.ndim < 2:
         return (noise * source.norm() / noise.norm()).to(tensor.dtype)
     target = source.norm(dim=(-2, -1), keepdim=True)
-    return (noise * target / noise.norm(dim=(-2, -1), keepdim=True)).to(tensor.dtype)
+    return (noise * target / noise.norm(dim=(-2, -1), keepdim=True).clamp_min(1e-30)).to(tensor.dtype)
 
 
-def learned_vectors(method: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """The parameters of a prefix/prompt method that *are* token vectors: not the weights of its layers
-    (interaction Linear layers, norms); an MLP reparameterization must be folded before."""
+def subject_generator(seed: int, label: str) -> torch.Generator:
+    """The noise generator of one subject: from ``seed`` and the subject's label, so a run's noise does not depend on
+    which runs precede it on the command line."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(label.encode())) % 2**63)
+
+
+def learned_vectors(method: nn.Module) -> list[tuple[str, nn.Parameter, torch.Tensor | None]]:
+    """The parameters of a prefix/prompt method that *are* token vectors (not the weights of its layers:
+    interaction Linear layers, norms), each with the ``mask`` its module shows it through (a visual prompt's
+    frame) or None; an MLP reparameterization is folded first."""
     if hasattr(method, "fold"):
         method.fold()  # type: ignore[operator]
     layers = {id(p) for m in method.modules() if isinstance(m, nn.Linear | nn.LayerNorm | nn.Embedding)
               for p in m.parameters(recurse=False)}
-    found = [(n, p) for n, p in method.named_parameters() if id(p) not in layers]
+    found = []
+    for module in method.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) not in layers:
+                mask = getattr(module, "mask", None)
+                found.append((name, p, mask if isinstance(mask, torch.Tensor) else None))
     if not found:
         raise ValueError(f"{type(method).__name__} holds no token vectors to ablate")
     return found
@@ -77,8 +95,8 @@ def analyze_ablate(subjects: Sequence[Subject], samples: Sequence[Sample], task:
     """Intact / noise / removed metrics of every run subject (a base model, which has nothing to ablate, is
     evaluated once as the reference). Methods are removed from the subjects' models: load them again to reuse."""
     rows: list[dict[str, Any]] = []
-    generator = torch.Generator().manual_seed(seed)
     for subject in subjects:
+        generator = subject_generator(seed, subject.label)
         ablated = {n: m for n, m in subject.methods.items() if n in ABLATED}
         if subject.run_dir is None or not ablated:
             rows.append({"subject": subject.label, "variant": "as is",
@@ -90,9 +108,9 @@ def analyze_ablate(subjects: Sequence[Subject], samples: Sequence[Sample], task:
         saved = []
         with torch.no_grad():
             for method in ablated.values():
-                for _, p in learned_vectors(method):
+                for _, p, mask in learned_vectors(method):
                     saved.append((p, p.detach().clone()))
-                    p.copy_(noise_like(p, generator).to(p.device))
+                    p.copy_(noise_like(p, generator, mask).to(p.device))
         rows.append({"subject": subject.label, "variant": f"{names} -> noise (same norm)",
                      **_score(subject, samples, task, eval_config, candidates, progress)})
         with torch.no_grad():
@@ -103,7 +121,8 @@ def analyze_ablate(subjects: Sequence[Subject], samples: Sequence[Sample], task:
         rows.append({"subject": subject.label, "variant": f"{names} removed",
                      **_score(subject, samples, task, eval_config, candidates, progress)})
     ranked = candidates is not None
-    notes = [f"Noise: Gaussian, scaled to the norm of each (tokens x width) matrix it replaces; seed {seed}.",
+    notes = [f"Noise: Gaussian, scaled to the norm of each (tokens x width) matrix it replaces (a visual prompt's "
+             f"frame: of its visible part); seed {seed}, drawn per run from the seed and the run's label.",
              "Other methods of a run (LoRA, adapters, heads) stay as trained."]
     if ranked:
         notes.append(f"Ranking over {len(candidates or [])} candidate answers: top-1 and top-5 accuracy.")
