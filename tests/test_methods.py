@@ -267,3 +267,25 @@ def test_answer_head_pools_real_tokens_whatever_the_order(pooling, images):
         assert torch.allclose(both[1], alone[0], atol=1e-5)
         results.append(both)
     assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
+def test_m2pt_draws_every_lm_layers_prompts_with_xavier_by_default():
+    """issue 17: M2PT initialised only layer 0's textual prompts with Xavier; later layers were propagated hidden
+    states (up to ~1e4 on SmolLM2). The paper draws every layer with Xavier; propagation stays an option."""
+    import math
+
+    from mmpt.methods import M2PTConfig
+
+    def text_prompts(**options) -> torch.Tensor:
+        loaded = models.load("mmpt-tiny-random")
+        torch.manual_seed(0)
+        method = methods.apply(loaded, M2PTConfig(text_length=4, visual_length=0, **options))
+        return method.parts["text"].prompts.detach().clone()
+
+    drawn, propagated = text_prompts(), text_prompts(text_propagate_init=True)
+    layers, length, width = drawn.shape
+    assert layers > 1
+    bound = math.sqrt(6 / (length + width))  # Xavier uniform over each layer's length x width matrix
+    assert drawn.abs().max() <= bound + 1e-6
+    torch.testing.assert_close(propagated[0], drawn[0])  # layer 0 is drawn either way
+    assert not torch.allclose(propagated[1:], drawn[1:])

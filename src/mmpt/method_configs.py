@@ -129,6 +129,9 @@ class DeepPromptConfig(MethodConfig):
         init_scale: standard deviation of the ``normal`` initialization (0.02 for ViTs).
         init: ``normal`` (``init_scale``) or ``xavier`` (Xavier/Glorot uniform over each layer's ``length x width``
             matrix, M2PT's initialization).
+        propagate_init: decoder towers whose chosen layers include layer 0: start every later layer's prompts from
+            the hidden states layer 0's prompts reach there (an untrained deep prompt then acts as a shallow one;
+            see :mod:`mmpt.methods.deep_prompt`). False: every layer's prompts are drawn by ``init``.
     """
 
     name: str = "deep_prompt"
@@ -137,6 +140,7 @@ class DeepPromptConfig(MethodConfig):
     layers: list[int] = field(default_factory=list)
     init_scale: float = 0.02
     init: Literal["normal", "xavier"] = "normal"
+    propagate_init: bool = True
 
     def validate(self) -> None:
         check_range(self, "length", 1, MAX_TOKENS)
@@ -177,7 +181,9 @@ class M2PTConfig(MethodConfig):
         interaction: which interaction layer: ``projector`` (the model's own projector, trained) or ``linear`` (a
             fresh ``width x width`` linear projection after the projector, M2PT's ``f_in``; it starts as the
             identity, so the untrained method leaves the image features as they were; the projector stays frozen).
-        init: prompt initialization: ``xavier`` (the paper's) or ``normal`` (std 0.02).
+        init: prompt initialization: ``xavier`` (the paper's) or ``normal`` (std 0.02), at every layer.
+        text_propagate_init: start the LM's later-layer prompts from what layer 0's prompts become there instead
+            (``deep_prompt``'s ``propagate_init``; off: the paper draws every layer's prompts with Xavier).
         frame_width: pixel frame width used when the vision tower is a CNN.
         image_size: image side for the pixel frame.
     """
@@ -190,6 +196,7 @@ class M2PTConfig(MethodConfig):
     train_projector: bool = True
     interaction: Literal["projector", "linear"] = "projector"
     init: Literal["xavier", "normal"] = "xavier"
+    text_propagate_init: bool = False
     frame_width: int = 16
     image_size: int = 224
 

@@ -9,7 +9,8 @@ Decoder towers (LMs) whose chosen layers include layer 0: layer 0's prompts are 
 ``prompt`` (positions, padding mask and KV cache handled there); before every later chosen layer the hidden
 states at the prompt positions are replaced by that layer's prompts. With a KV cache this happens once, at
 prefill. Later layers' prompts start from what layer 0's prompts become there, so an untrained deep prompt
-behaves as a shallow one instead of disrupting the pretrained LM (see ``_propagate_init``).
+behaves as a shallow one instead of disrupting the pretrained LM (see ``_propagate_init``; ``propagate_init:
+false`` draws them by ``init`` instead, as M2PT's paper does and ``m2pt`` does by default).
 
 Decoder towers whose chosen layers start above layer 0 (M2PT's location ablation): in a decoder, prompts
 replaced at a layer act on the real tokens only through that layer's attention, as keys and values; so each
@@ -73,7 +74,8 @@ class DeepPromptMethod(nn.Module):
                 # prepend: drop the prompts before any output-recording hook of transformers sees them
                 self._handles.append(all_blocks[i].register_forward_hook(drop, prepend=True))
         else:
-            self._propagate_init(loaded, tower, all_blocks, chosen)
+            if config.propagate_init:
+                self._propagate_init(loaded, tower, all_blocks, chosen)
             inner = PromptMethod(loaded, PromptConfig(length=config.length, tower=config.tower),
                                  source=lambda: self.prompts[0])
             self._inner_list = [inner]  # a list: not registered as a submodule

@@ -45,7 +45,8 @@ class M2PTMethod(nn.Module):
         if config.text_length:
             self.parts["text"] = DeepPromptMethod(
                 loaded, DeepPromptConfig(length=config.text_length, tower="lm", layers=config.text_layers,
-                                         init_scale=0.02, init=config.init)
+                                         init_scale=0.02, init=config.init,
+                                         propagate_init=config.text_propagate_init)
             )
         self._projector: list[nn.Module] = []
         self._handles: list[Any] = []
