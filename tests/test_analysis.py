@@ -273,3 +273,16 @@ def test_bad_analysis_options_stop_with_one_line(prefix_run, tmp_path, capsys):
     # key=value after the flags overrides the config too
     assert main(["analyze", "rank", str(prefix_run), "--smoke", "--no-progress", "--no-base", "--out",
                  str(tmp_path / "r"), "eval.batch_size=2"]) == 0
+
+
+def test_prefix_self_similarity_is_the_mean_and_max_over_distinct_prefix_keys():
+    """issue 17: PT-PEFT reports the similarity among the prefix tokens themselves (all 16 below 0.09)."""
+    from mmpt.analysis.similarity import prefix_self_similarity
+
+    orthogonal = torch.eye(4, 8)
+    assert prefix_self_similarity(orthogonal) == (0.0, 0.0)
+    keys = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, -1.0]])
+    pairs = [0.5**0.5, 0.0, 0.5**0.5]  # |cos| of (0,1), (0,2), (1,2)
+    mean, peak = prefix_self_similarity(keys)
+    assert mean == pytest.approx(sum(pairs) / 3) and peak == pytest.approx(max(pairs))
+    assert prefix_self_similarity(torch.ones(1, 8)) == (0.0, 0.0)

@@ -4,7 +4,9 @@ Per layer with a prefix, the cosine similarity between each learned prefix key a
 tokens and of its word (text) tokens. Keys are compared as the layer's key projection gives them (all key/value
 heads together), before any rotary position embedding: prefix keys carry no position either. The table holds,
 per layer, the mean and the max similarity to image tokens and to word tokens (over prefix positions, tokens and
-samples); the heatmaps show the mean per (layer, prefix position).
+samples), and the similarity among the prefix keys themselves (``prefix_mean`` / ``prefix_max`` of the absolute
+cosine over distinct prefix positions: PT-PEFT reports all 16 below 0.09); the heatmaps show the mean per
+(layer, prefix position).
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ def key_similarity(prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(prefix, dim=-1) @ torch.nn.functional.normalize(tokens, dim=-1).T
 
 
+def prefix_self_similarity(keys: torch.Tensor) -> tuple[float, float]:
+    """Mean and max absolute cosine similarity between distinct prefix keys ``(P, D)`` of one layer (0 for P = 1)."""
+    if keys.shape[0] < 2:
+        return 0.0, 0.0
+    sim = key_similarity(keys, keys).double().abs()
+    off = sim[~torch.eye(keys.shape[0], dtype=torch.bool)]
+    return float(off.mean()), float(off.max())
+
+
 def analyze_similarity(subjects: Sequence[Subject], samples: Sequence[Sample], tower: str = "lm",
                        batch_size: int = 8, progress: bool = True) -> Result:
     """Prefix-key similarities of every subject with a ``prefix`` method on ``tower``."""
@@ -106,13 +117,17 @@ def analyze_similarity(subjects: Sequence[Subject], samples: Sequence[Sample], t
         means = {k: sums[k] / max(counts[k], 1) for k in sums}  # (layers, length)
         maps[subject.label] = {k: v.tolist() for k, v in means.items()}
         for layer in range(keys.shape[0]):
+            self_mean, self_max = prefix_self_similarity(keys[layer])
             rows.append({"subject": subject.label, "layer": layer,
                          "image_mean": float(means["image"][layer].mean()), "image_max": float(peak["image"][layer]),
-                         "text_mean": float(means["text"][layer].mean()), "text_max": float(peak["text"][layer])})
+                         "text_mean": float(means["text"][layer].mean()), "text_max": float(peak["text"][layer]),
+                         "prefix_mean": self_mean, "prefix_max": self_max})
     if not rows:
         raise ValueError("none of the runs has a prefix method: similarity compares learned prefix keys")
     notes = ["Keys: the layer's key projection output (all key/value heads), before rotary position embeddings.",
-             "mean: over prefix positions, tokens of that kind and samples; max: the largest single similarity."]
+             "mean: over prefix positions, tokens of that kind and samples; max: the largest single similarity.",
+             "prefix_mean / prefix_max: |cosine| between distinct prefix keys of a layer (PT-PEFT: all below 0.09 for "
+             "16 prefix tokens)."]
     return Result("similarity", rows, {"heatmaps": maps},
                   {"similarity.png": lambda path: _plot(maps, path)}, notes,
                   {"tower": tower, "samples": len(samples)})
