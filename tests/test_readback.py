@@ -335,3 +335,21 @@ def test_resuming_a_finished_run_says_so_and_rewrites_nothing(finished, tmp_path
     assert "finished training and evaluation before; nothing to resume" in capsys.readouterr().out
     assert files() == before
     assert metrics["cost"] == json.loads((folder / "metrics.json").read_text())["cost"]
+
+
+def test_a_run_saved_before_a_key_existed_still_loads_but_a_real_difference_is_refused(finished, tmp_path):
+    """A checkpoint's config.json from an older mmpt lacks keys added since (here: train.group_by_length, at its
+    default): eval, export and resume read the run; a value that really differs is still refused."""
+    from mmpt.config import ConfigError
+    from mmpt.runconfig import load_run_folder_config
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished, folder)
+    for name in ("checkpoint", "checkpoint.1"):
+        _edit(folder / name, "config.json", lambda c: {**c, "train": {k: v for k, v in c["train"].items()
+                                                                      if k != "group_by_length"}})
+    assert load_run_folder_config(folder).train.group_by_length is False
+    for name in ("checkpoint", "checkpoint.1"):
+        _edit(folder / name, "config.json", lambda c: {**c, "train": {**c["train"], "lr": 0.5}})
+    with pytest.raises(ConfigError, match=r"differs from the config .* train.lr \(0.5 -> 0.05\)"):
+        load_run_folder_config(folder)

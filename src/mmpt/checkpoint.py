@@ -8,9 +8,11 @@ pickle-free (safetensors + JSON) and listed with its SHA-256 in the folder's ``m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -233,11 +235,18 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: s
     return out
 
 
-def check_resume_config(folder: Path, current: dict[str, Any]) -> None:
-    """Stop when the run's ``config.yaml`` no longer matches the config the checkpoint was trained with."""
+def check_resume_config(folder: Path, current: dict[str, Any],
+                        normalize: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Stop when the run's ``config.yaml`` no longer matches the config the checkpoint was trained with.
+
+    ``normalize`` (:func:`mmpt.runconfig.normalized`) reads the saved config as this mmpt would, so keys a newer
+    mmpt added (at their defaults) are no difference; a saved config it cannot read is compared as it is."""
     saved = verified_json(folder / "config.json", "")
     if not saved:  # written by an mmpt that did not record it
         return
+    if normalize is not None:
+        with contextlib.suppress(ValueError):  # unreadable by this mmpt: compared as saved
+            saved = normalize(saved)
     diff = config_differences(saved, json.loads(json.dumps(current)))
     if diff:
         shown = ", ".join(diff[:4]) + (f" and {len(diff) - 4} more" if len(diff) > 4 else "")

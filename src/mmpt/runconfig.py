@@ -496,6 +496,15 @@ def load_run_folder_config(run_dir: str | Path) -> RunConfig:
     return config
 
 
+def normalized(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as this mmpt reads it (keys added since at their defaults), as plain data."""
+    import copy
+
+    from mmpt.config import to_dict
+
+    return to_dict(parse_run_config(copy.deepcopy(data)))
+
+
 WRITTEN_SECTIONS = ("name", "seed", "model", "data", "task", "train", "eval")
 """Top-level keys every ``config.yaml`` mmpt writes holds (and ``method`` or ``stages``)."""
 
@@ -512,7 +521,7 @@ def _check_against_checkpoint(run_dir: Path, config: RunConfig) -> None:
         folder = run_dir / name
         if (folder / "config.json").is_file():
             try:
-                check_resume_config(folder, to_dict(config))
+                check_resume_config(folder, to_dict(config), normalized)
                 return
             except IntegrityError:
                 continue

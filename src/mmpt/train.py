@@ -53,7 +53,7 @@ from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
 from mmpt.readback import METRICS, ReadBackError, check, read_log_csv
 from mmpt.report import pictures, write_report
-from mmpt.runconfig import RunConfig, StageConfig, model_kwargs
+from mmpt.runconfig import RunConfig, StageConfig, model_kwargs, normalized
 from mmpt.runfolder import refuse_links_in_run, write_text, writing
 from mmpt.tasks import TASK_METRICS, evaluation, main_metric, predict_task
 from mmpt.tasks.objectives import Objective, TrainingError, build_objective
@@ -252,7 +252,7 @@ def run(config: RunConfig, progress: bool = True, resume: str | Path | None = No
     try:
         resume_dir, state = resolve_checkpoint(Path(resume)) if resume is not None else (None, TrainState())
         if resume_dir is not None:
-            check_resume_config(resume_dir, to_dict(config))
+            check_resume_config(resume_dir, to_dict(config), normalized)
             check_resume_state(resume_dir, state, len(config.stage_list()))
             if (Path(resume) / "log.csv").is_file():
                 read_log_csv(Path(resume) / "log.csv")  # a hand-edited log fails before data and model load
