@@ -28,6 +28,7 @@ from mmpt.integrity import (
     load_tree,
     read_safetensors,
     save_tree,
+    verified_checked,
     verified_json,
     verify_manifest,
     write_manifest,
@@ -99,12 +100,8 @@ def read_best(folder: Path) -> dict[str, Any] | None:
     path = folder / "score.json"
     if not path.is_file():
         return None
-    best = verified_json(path, f"delete {folder} to let the run choose a new best, or keep it and ignore it")
-    problem = check(best, SCORE)
-    if problem:
-        raise IntegrityError(f"{path}: not the score file mmpt writes ({problem}); delete {folder} to let the run "
-                             "choose anew")
-    return best
+    return verified_checked(path, SCORE, "score file", f"delete {folder} to let the run choose a new best, or keep "
+                            "it and ignore it")
 
 
 def rng_state() -> dict[str, Any]:

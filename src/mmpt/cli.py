@@ -37,27 +37,20 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmpt.runconfig import load_run_config, load_run_folder_config, smoke
-    from mmpt.runfolder import refuse_links_in_run
 
-    def run(*a: typing.Any, **k: typing.Any) -> typing.Any:  # the heavy imports once the config is checked
-        from mmpt.train import run as train
-
-        return train(*a, **k)
-
-    if args.resume:
-        run_dir = Path(args.resume)
+    run_dir = Path(args.resume) if args.resume else None
+    if run_dir is not None:
         if args.config is not None or args.overrides or args.smoke:
             raise ConfigError("--resume continues a run with its own config.yaml; give no CONFIG, overrides or --smoke")
-        refuse_links_in_run(run_dir)  # before its config.yaml is read
         config = load_run_folder_config(run_dir)
-        run(config, progress=not args.no_progress, resume=run_dir)
-        return 0
-    if args.config is None:
+    elif args.config is None:
         raise ConfigError("mmpt train needs a CONFIG (e.g. configs/quickstart.yaml) or --resume RUN_DIR")
-    config = load_run_config(args.config, args.overrides)
-    if args.smoke:
-        config = smoke(config)
-    run(config, progress=not args.no_progress)
+    else:
+        config = load_run_config(args.config, args.overrides)
+        config = smoke(config) if args.smoke else config
+    from mmpt.train import run  # the heavy imports once the config is checked
+
+    run(config, progress=not args.no_progress, resume=run_dir)
     return 0
 
 

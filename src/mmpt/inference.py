@@ -20,14 +20,13 @@ from mmpt.data.validate import fit_context
 from mmpt.integrity import write_manifest
 from mmpt.paths import unique_run_dir
 from mmpt.runconfig import EvalConfig, load_run_config, load_run_folder_config, model_kwargs, smoke
-from mmpt.runfolder import refuse_links_in_run, write_text, writing
+from mmpt.runfolder import write_text, writing
 from mmpt.tasks import evaluate_task, predict_task
 
 
 def run_methods(run_dir: str | Path) -> list[Path]:
     """The method files of a run, in the order its stages applied them (``best/`` when the run kept one)."""
     run_dir = Path(run_dir)
-    refuse_links_in_run(run_dir)
     config = load_run_folder_config(run_dir)
     names = list(dict.fromkeys(m.name for stage in config.stage_list() for m in stage.methods))
     best = run_dir / "best"
@@ -75,10 +74,8 @@ def evaluate_config(
         config_path, run_dir = None, config_path
     if config_path is None and run_dir is None:
         raise ConfigError("mmpt eval needs a run folder (mmpt eval runs/quickstart) or a CONFIG (zero-shot)")
-    if run_dir is not None:
-        refuse_links_in_run(Path(run_dir))
     if config_path is None:
-        load_run_folder_config(run_dir)  # type: ignore[arg-type]  # the run's own file, checked as it is
+        load_run_folder_config(run_dir)  # type: ignore[arg-type]  # the folder and its own file, checked as they are
         config = load_run_config(Path(run_dir) / "config.yaml", overrides)  # type: ignore[arg-type]
     else:
         config = load_run_config(config_path, overrides)

@@ -250,6 +250,18 @@ def verified_json(path: Path, what: str) -> Any:
         raise IntegrityError(f"{path}: not valid JSON ({exc}); {what}") from None
 
 
+def verified_checked(path: Path, spec: Any, kind: str, fix: str) -> Any:
+    """:func:`verified_json`, then the schema ``spec`` (:func:`mmpt.readback.check`): one
+    :class:`IntegrityError` line ``<path>: not the <kind> mmpt writes (<key: problem>); <fix>``."""
+    from mmpt.readback import check
+
+    value = verified_json(path, fix)
+    problem = check(value, spec)
+    if problem:
+        raise IntegrityError(f"{path}: not the {kind} mmpt writes ({problem}); {fix}")
+    return value
+
+
 def _listed(path: Path) -> bool:
     """Whether ``path`` is listed in its folder's manifest (True for a damaged manifest, to report it)."""
     if not (path.parent / MANIFEST).is_file():

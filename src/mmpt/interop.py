@@ -32,7 +32,7 @@ from mmpt import methods
 from mmpt.integrity import check_finite, save_safetensors, write_manifest
 from mmpt.methods.lora.peft_import import PEFT_CONFIG, PEFT_WEIGHTS
 from mmpt.methods.lora.peft_import import lora_modules as _lora_modules
-from mmpt.runfolder import refuse_links_in_run, write_text
+from mmpt.runfolder import write_text
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -130,11 +130,10 @@ def export_peft(run_dir: str | Path, out_dir: str | Path | None = None) -> list[
     from mmpt.runconfig import load_run_folder_config
 
     run_dir = Path(run_dir)
-    refuse_links_in_run(run_dir)
+    config = load_run_folder_config(run_dir)  # a run folder without links, its config intact
     out = Path(out_dir) if out_dir is not None else run_dir / "peft"
     if out.exists():
         raise FileExistsError(f"{out} exists; mmpt never overwrites an export: remove it or give --out")
-    config = load_run_folder_config(run_dir)
     files = run_methods(run_dir)
     refused = {f.stem: NOT_EXPORTABLE[f.stem] for f in files if f.stem in NOT_EXPORTABLE}
     if refused:
@@ -320,15 +319,11 @@ def push_to_hub(folders: list[Path], repo_id: str, private: bool = True) -> str:
 
 
 def _metrics(run_dir: Path) -> dict[str, Any]:
-    from mmpt.integrity import verified_json
-    from mmpt.readback import METRICS, check
+    from mmpt.integrity import verified_checked
+    from mmpt.readback import METRICS
 
     path = run_dir / "metrics.json"
-    metrics = verified_json(path, "") if path.is_file() else {}
-    problem = check(metrics, METRICS)
-    if problem:
-        raise ValueError(f"{path}: not the metrics mmpt writes ({problem}); re-run `mmpt eval` on {run_dir}")
-    return metrics
+    return verified_checked(path, METRICS, "metrics", f"re-run `mmpt eval` on {run_dir}") if path.is_file() else {}
 
 
 def model_card(config: Any, method: str, metrics: dict[str, Any], run_dir: Path, usage: str = "",

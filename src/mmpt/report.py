@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mmpt.data import Sample
-from mmpt.readback import ANALYSIS, METRICS, check, read_checked
+from mmpt.readback import ANALYSIS, METRICS, read_checked
 from mmpt.runconfig import RunConfig
 from mmpt.runfolder import inside, refuse_links, write_text, writing
 
@@ -120,7 +120,7 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
     (earlier rows are kept; the header grows when new metrics appear)."""
     import csv
 
-    from mmpt.integrity import verified_json
+    from mmpt.integrity import verified_checked
 
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -138,10 +138,7 @@ def collect_runs(run_dirs: list[Path], csv_path: Path | None = None) -> str:
             else:
                 skipped.append(f"{run_dir} (no metrics.json: the run failed or was stopped before its checkpoint)")
             continue
-        m = verified_json(path, f"re-run `mmpt eval` on {run_dir} or leave it out of the report")
-        problem = check(m, METRICS)
-        if problem:
-            raise ValueError(f"{path}: not the metrics mmpt writes ({problem}); leave {run_dir} out of the report")
+        m = verified_checked(path, METRICS, "metrics", f"re-run `mmpt eval` on {run_dir} or leave it out of the report")
         after = m.get("after", {})
         cfg = _run_config(run_dir)
         row: dict[str, Any] = {"run": run_dir.name, "task": cfg.get("task", ""),

@@ -23,6 +23,7 @@ from mmpt.config import (
 )
 from mmpt.data.keys import OPTIONAL_KEYS, READER_KEYS
 from mmpt.method_configs import MethodConfig
+from mmpt.runfolder import refuse_links_in_run
 
 # A run name is one folder name: these characters only, at most 100 of them, not starting with '.' or '-'.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+=-]*")
@@ -469,17 +470,15 @@ def switch_method(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) 
 def load_run_folder_config(run_dir: str | Path) -> RunConfig:
     """The config of the run folder ``run_dir`` (its ``config.yaml``, which mmpt wrote whole).
 
+    The folder is checked first (:func:`mmpt.runfolder.refuse_links_in_run`: a run folder, no link inside).
+
     Raises:
-        ConfigError: one line naming ``run_dir/config.yaml`` when the folder has none, or when the file no longer
-            parses or validates (edited or cut off), with the fix.
+        RunFolderError: the folder is missing, has no ``config.yaml`` or holds a link.
+        ConfigError: one line naming ``run_dir/config.yaml`` when the file no longer parses or validates (edited
+            or cut off), with the fix.
     """
     path = Path(run_dir) / "config.yaml"
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run folder {run_dir} {'is a file' if Path(run_dir).exists() else 'does not exist'}; give "
-                          "a folder that mmpt train wrote (runs/<name>)")
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not an mmpt run folder (no config.yaml): give a folder that mmpt train "
-                          "wrote (runs/<name>)")
+    refuse_links_in_run(Path(run_dir))
     fix = "this run's config.yaml was edited or cut off: restore it (a run with a checkpoint keeps a copy in " \
           "checkpoint/config.json)"
     try:

@@ -45,13 +45,13 @@ from mmpt.data.batching import LengthGroupedSampler
 from mmpt.data.sources import build_data
 from mmpt.data.validate import fit_context
 from mmpt.guard import NumericGuard, gradients_finite
-from mmpt.integrity import IntegrityError, verified_json, write_manifest
+from mmpt.integrity import IntegrityError, verified_checked, write_manifest
 from mmpt.models import VLMProcessor
 from mmpt.models.hf_processor import HFProcessor
 from mmpt.models.towers import TowerCache, cache_frozen_towers
 from mmpt.paths import fresh_file, unique_run_dir
 from mmpt.precision import resolve_precision
-from mmpt.readback import METRICS, ReadBackError, check, read_log_csv
+from mmpt.readback import METRICS, read_log_csv
 from mmpt.report import pictures, write_report
 from mmpt.runconfig import RunConfig, StageConfig, model_kwargs, normalized
 from mmpt.runfolder import refuse_links_in_run, write_text, writing
@@ -288,10 +288,7 @@ def finished_metrics(run_dir: Path, state: TrainState, stages: int) -> dict[str,
     left: training, or the final evaluation and files of a run interrupted after its last step."""
     if state.stage < stages or not (run_dir / "metrics.json").is_file():
         return None
-    metrics = verified_json(run_dir / "metrics.json", "re-evaluate the run with mmpt eval")
-    problem = check(metrics, METRICS)
-    if problem:
-        raise ReadBackError(f"{run_dir / 'metrics.json'}: {problem}; re-evaluate the run with mmpt eval")
+    metrics = verified_checked(run_dir / "metrics.json", METRICS, "metrics", "re-evaluate the run with mmpt eval")
     print(f"mmpt: {run_dir} finished training and evaluation before; nothing to resume, nothing rewritten "
           f"(re-evaluate with `mmpt eval {run_dir}`, train again with `mmpt train {run_dir}/config.yaml`)")
     return {**metrics, "run_dir": str(run_dir)}

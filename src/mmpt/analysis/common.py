@@ -107,8 +107,6 @@ def load_subjects(runs: Sequence[str | Path], model: str | None = None, base: bo
     from mmpt import methods
     from mmpt.inference import load_with_run, run_methods
 
-    for run in runs:
-        refuse_links_in_run(Path(run))
     configs = [load_run_folder_config(r) for r in runs]
     names = {c.model.name for c in configs}
     if len(names) > 1:
