@@ -286,3 +286,35 @@ def test_prefix_self_similarity_is_the_mean_and_max_over_distinct_prefix_keys():
     mean, peak = prefix_self_similarity(keys)
     assert mean == pytest.approx(sum(pairs) / 3) and peak == pytest.approx(max(pairs))
     assert prefix_self_similarity(torch.ones(1, 8)) == (0.0, 0.0)
+
+
+def test_rank_paper_text_features_are_sos_words_eos_after_the_final_norm(prefix_run):
+    """issue 17: PT-PEFT's text features are [sos, w1..wN, eos] of the last layer (after the final norm), not every
+    non-image token of the last block (system prompt and chat template included)."""
+    from mmpt.analysis.common import analysis_config, analysis_samples, batches, load_subjects
+    from mmpt.analysis.rank import final_norm, paper_features
+
+    config = analysis_config([prefix_run], None)
+    samples = analysis_samples(config, 2)
+    subject = load_subjects([prefix_run], base=False)[0]
+    chunk, batch = next(batches(subject, samples, 2))
+    features, image, words = paper_features(subject, chunk, batch, "lm", -1)
+    tokenizer = subject.loaded.processor.tokenizer
+    for i, sample in enumerate(chunk):
+        picked = batch["input_ids"][i][words[i]].tolist()
+        prompt = tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+        first = int(batch["attention_mask"][i].nonzero()[0])
+        assert picked == [int(batch["input_ids"][i][first]), *prompt, tokenizer.convert_tokens_to_ids("<|im_end|>")]
+        assert int(image[i].sum()) > 1 and not bool((image[i] & words[i]).any())
+    _, all_image, all_text = tower_features(subject, batch, "lm", -1)
+    assert bool((all_text.sum(-1) > words.sum(-1) + 5).all())  # "all" also counts the system prompt and template
+    path, norm = final_norm(subject.loaded.model, subject.loaded.family.tower("lm").layers)
+    assert path.endswith(".norm")
+    block_out = tower_features(subject, batch, "lm", -1)[0]
+    torch.testing.assert_close(features, norm(block_out).float(), rtol=1e-4, atol=1e-4)  # after the final norm
+    with pytest.raises(ValueError, match="last layer after its final norm"):
+        paper_features(subject, chunk, batch, "lm", 0)
+    assert main(["analyze", "rank", str(prefix_run), "--smoke", "--no-progress", "--text-features", "paper",
+                 "--out", str(prefix_run.parent / "rank-paper")]) == 0
+    settings = json.loads((prefix_run.parent / "rank-paper" / "analysis.json").read_text())["settings"]
+    assert settings["text_features"] == "paper"

@@ -140,7 +140,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     if args.analysis in ("rank", "similarity"):
         options["tower"] = args.tower
     if args.analysis == "rank":
-        options.update(layer=args.layer, threshold=args.threshold, truncate=args.truncate or [])
+        options.update(layer=args.layer, threshold=args.threshold, truncate=args.truncate or [], text=args.text_features)
     if args.analysis == "fgsm":
         options.update(epsilons=args.eps, target=args.on)
     if args.analysis == "ablate":
@@ -346,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tower", default="lm", help="rank/similarity: the tower whose features to read (default lm)")
     p.add_argument("--layer", type=int, default=-1, help="rank: the block whose output to read (default -1: last)")
     p.add_argument("--threshold", type=float, default=0.9, help="rank: cumulative share (default 0.9)")
+    p.add_argument("--text-features", choices=["all", "paper"], default="all",
+                   help="rank: text tokens = every non-image token at --layer (all, default), or PT-PEFT's [sos, words, "
+                   "eos] after the final norm (paper)")
     p.add_argument("--truncate", type=_ints, help="rank: also the task metric with features cut to these ranks")
     p.add_argument("--eps", type=_floats, help="fgsm: epsilons in pixel units (default 0,0.005,0.01,0.02,0.05)")
     p.add_argument("--on", choices=["pixels", "text"], default="pixels",

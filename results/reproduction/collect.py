@@ -1,0 +1,71 @@
+"""Collect the reproduction study's runs into CSVs under results/reproduction/ (re-run at any time).
+
+Reads every finished run of the study's sweeps (``runs/repro/sweep-*``) through mmpt's checked readers and writes
+``runs.csv`` (one row per run) and ``summary.csv`` (mean and sample std over seeds per arm).
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from pathlib import Path
+
+from mmpt.readback import METRICS, read_checked
+
+ROOT = Path(__file__).resolve().parents[2]
+OUT = Path(__file__).resolve().parent
+KEYS = ("accuracy", "accuracy/color", "accuracy/shape", "accuracy/yes_no")
+
+
+def rows(runs_dir: Path) -> list[dict[str, object]]:
+    """One row per finished run: arm, seed, the accuracies after training, steps, seconds, trainable parameters."""
+    out = []
+    for metrics_file in sorted(runs_dir.glob("sweep-*/*/metrics.json")):
+        run = metrics_file.parent
+        metrics = read_checked(metrics_file, METRICS, "re-run results/reproduction/run_claims_1_3.sh")
+        arm, _, seed = run.name.rpartition("-seed=")
+        after = metrics["after"]
+        out.append({"arm": arm, "seed": int(seed), **{k: round(after[k], 4) for k in KEYS if k in after},
+                    "n_eval": after["n"], "steps": metrics["train"]["steps"],
+                    "train_seconds": metrics["train"]["seconds"],
+                    "trainable": metrics["parameters"]["trainable"], "run": str(run.relative_to(ROOT))})
+    return out
+
+
+def summary(table: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Mean and sample standard deviation of every accuracy over the seeds of each arm."""
+    arms: dict[str, list[dict[str, object]]] = {}
+    for row in table:
+        arms.setdefault(str(row["arm"]), []).append(row)
+    out = []
+    for arm, group in arms.items():
+        line: dict[str, object] = {"arm": arm, "seeds": len(group)}
+        for key in KEYS:
+            values = [float(r[key]) for r in group if key in r]  # type: ignore[arg-type]
+            line[f"{key}_mean"] = round(statistics.fmean(values), 4)
+            line[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else ""
+        out.append(line)
+    return out
+
+
+def write(path: Path, table: list[dict[str, object]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in table for k in r)))
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def main() -> int:
+    table = rows(ROOT / "runs" / "repro")
+    if not table:
+        print("no finished runs under runs/repro yet", file=sys.stderr)
+        return 1
+    write(OUT / "claims_1_3_runs.csv", table)
+    write(OUT / "claims_1_3_summary.csv", summary(table))
+    print(f"{len(table)} runs -> {OUT / 'claims_1_3_runs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
