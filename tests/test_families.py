@@ -9,24 +9,24 @@ from mmpt.methods import PrefixConfig
 from mmpt.models.families import FAMILY_MODULES
 from mmpt.models.families._tiny import tiny_row
 
-# (family, towers) pairs where prefixes apply; Florence-2's presets are encoder / decoder / both (OFA "depth").
-CASES = [
-    ("llava", ["lm"]), ("llava", ["vision"]),
-    ("blip2", ["lm"]), ("blip2", ["qformer"]), ("blip2", ["vision"]),
-    ("idefics3", ["lm", "vision"]),
-    ("paligemma", ["lm"]), ("paligemma", ["vision"]),
-    ("florence2", ["encoder"]), ("florence2", ["decoder"]), ("florence2", ["both"]),
-    ("blip", ["lm"]),
-    ("llava_next", ["lm"]), ("llava_next", ["vision"]),
-    ("llava_onevision", ["lm"]), ("llava_onevision", ["vision"]),
-    ("internvl", ["lm"]), ("internvl", ["vision"]),
-    ("paligemma2", ["lm"]), ("paligemma2", ["vision"]),
-    ("gemma3", ["lm"]), ("gemma3", ["vision"]),
-    ("qwen2_vl", ["lm"]), ("qwen2_vl", ["vision"]),
-    ("qwen2_5_vl", ["lm"]), ("qwen2_5_vl", ["vision"]),
-    ("mllama", ["lm"]), ("mllama", ["vision"]),
-    ("git", ["lm"]), ("git", ["vision"]),
-]
+
+def _prefix_cases() -> list[tuple[str, list[str]]]:
+    """(family, towers) for every registered family: each tower whose attention takes prefixes (a tower with
+    ``injection: none`` is refused: test_unsupported_towers_fail_clearly), and each distinct preset (Florence-2's
+    ``lm`` = encoder + decoder, OFA's "depth")."""
+    cases = []
+    for name, module in sorted(FAMILY_MODULES.items()):
+        family = module.FAMILY
+        cases += [(name, [t]) for t, spec in family.towers.items() if spec.kind != "cnn" and spec.injection != "none"]
+        presets: set[tuple[str, ...]] = set()
+        for alias, expansion in family.aliases.items():
+            if expansion not in presets:
+                presets.add(expansion)
+                cases.append((name, [alias]))
+    return cases
+
+
+CASES = _prefix_cases()
 
 # Gemma 2 cannot run SDPA (no logit softcapping there): its LM is eager; transformers implements GIT eager only
 EAGER_ONLY = [("paligemma2", ["lm"]), ("git", ["lm"]), ("git", ["vision"])]

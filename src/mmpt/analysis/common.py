@@ -236,8 +236,28 @@ def tower_features(subject: Subject, batch: dict[str, torch.Tensor], tower: str,
         if extra < 0 or not adds:
             raise RuntimeError(f"tower '{name}' returned {features.shape[1]} positions for {image.shape[1]} input tokens "
                                "and no prompt method explains the difference: mmpt cannot align them")
-        features = features[:, extra:]  # prompt tokens come first (see mmpt.methods.prompt)
+        features = drop_prompt_columns(subject, features, extra)
     return features, image, text
+
+
+def drop_prompt_columns(subject: Subject, features: torch.Tensor, extra: int) -> torch.Tensor:
+    """``features`` of the LM's sequence without the ``extra`` columns prompt methods added: the first ones, or,
+    where a prompt was put after each row's padding (towers with convolution / SSM mixers), the columns that
+    prompt method recorded at this forward."""
+    from mmpt.methods.prompt import PromptMethod
+
+    found: list[PromptMethod] = []
+    for method in subject.methods.values():
+        for module in method.modules():
+            found += [m for m in [module, *getattr(module, "_inner_list", [])] if isinstance(m, PromptMethod)]
+    adjacent = [m for m in found if m.adjacent]
+    if not adjacent:
+        return features[:, extra:]  # prompt tokens come first (see mmpt.methods.prompt)
+    keep = adjacent[0].real_columns()
+    if len(found) > 1 or keep is None or keep.shape[1] != features.shape[1] - extra:
+        raise RuntimeError("prompts placed after each row's padding by several methods (or none at this forward): "
+                           "mmpt cannot tell which columns are the input's; analyze one prompt method at a time")
+    return features.gather(1, keep[..., None].expand(-1, -1, features.shape[-1]))
 
 
 def _lm_towers(loaded: LoadedModel) -> list[str]:

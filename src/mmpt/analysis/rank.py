@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from mmpt.analysis.common import Result, Subject, batches, token_masks, tower_features
+from mmpt.analysis.common import Result, Subject, batches, drop_prompt_columns, token_masks, tower_features
 from mmpt.data import Sample
 from mmpt.models.family import get_submodule
 from mmpt.runfolder import save_figure
@@ -179,7 +179,7 @@ def paper_features(subject: Subject, chunk: Sequence[Sample], batch: dict[str, t
     if extra < 0 or (extra and not any(n in subject.methods for n in ("prompt", "deep_prompt", "m2pt"))):
         raise RuntimeError(f"tower '{name}' returned {features.shape[1]} positions for {image.shape[1]} input tokens "
                            "and no prompt method explains the difference: mmpt cannot align them")
-    features = features[:, extra:]  # prompt tokens come first (see mmpt.methods.prompt)
+    features = drop_prompt_columns(subject, features, extra) if extra else features
     ids = batch["input_ids"]
     words = torch.zeros_like(image)
     for i, sample in enumerate(chunk):

@@ -18,6 +18,7 @@ from torch import nn
 from mmpt.contract import CallArguments
 from mmpt.method_configs import AnswerHeadConfig  # noqa: F401 - torch-free, with every method's config
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
+from mmpt.methods.prompt import without_inserted
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
@@ -78,12 +79,12 @@ class AnswerHeadMethod(nn.Module):
         mask = self._mask
         if mask is None:  # no padding: every row ends at the last position
             mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-        # input-prompt methods on the same tower put their tokens first. Whichever hook runs first, only the
-        # real tokens are pooled: a mask the prompt extended loses its prompt columns, hidden states the
-        # prompt has not stripped yet lose their prompt rows
+        # input-prompt methods on the same tower put their tokens first (or after each row's padding in towers
+        # with convolution mixers). Whichever hook runs first, only the real tokens are pooled: a mask the prompt
+        # extended loses its prompt columns, hidden states the prompt has not stripped yet lose their prompt rows
         extra = mask.shape[1] - hidden.shape[1]
         if extra > 0:
-            mask = mask[:, extra:]
+            mask = without_inserted(mask, extra)
         elif extra < 0:
             hidden = hidden[:, -extra:]
         mask = mask.to(hidden.device)

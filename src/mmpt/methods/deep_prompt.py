@@ -210,9 +210,8 @@ class DeepPromptMethod(nn.Module):
             if not self._inner_list[0]._stripping:  # decoding step: prompts are in the cache already
                 return None
             call = CallArguments(block, args, kwargs)
-            hidden = call.hidden()
-            prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
-            call.set("hidden_states", torch.cat([prompts, hidden[:, self.config.length :]], dim=1))
+            # the prompt's columns as the inner prompt placed them (in front, or after each row's padding)
+            call.set("hidden_states", self._inner_list[0].place(call.hidden(), self.prompts[slot]))
             return call.result()
 
         return hook

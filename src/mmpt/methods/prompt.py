@@ -6,6 +6,13 @@ labels keep their shapes. Prompt tokens occupy positions ``0..length-1`` and rea
 cache the prompt is computed once, at prefill; later steps only extend the mask and shift position ids. In
 sliding-window layers the prompt is pinned (:class:`~mmpt.methods.kv.Pin`): it stays visible to every token for
 the whole generation instead of sliding out of the window.
+
+Where the padding goes: in a tower whose blocks all mix tokens by attention, the prompt goes in front of the
+whole (left-padded) row; the mask hides the padding between prompt and text. A tower with other token mixers
+(short convolutions, state-space or linear-attention layers: :func:`~mmpt.models.family.token_mixers`) reads
+its neighbours whatever the mask says, so there each row's prompt is put **after its left padding**, right
+before its first real token, as for the sample alone; the mask then must be a left-padded 2-D padding mask
+(anything else is a :class:`~mmpt.contract.ContractError`).
 """
 
 from __future__ import annotations
@@ -16,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmpt.contract import CallArguments, map_masks, prepend_token_rows
+from mmpt.contract import TOKEN_ROW_ARGUMENTS, CallArguments, ContractError, map_masks, prepend_token_rows
 from mmpt.method_configs import PromptConfig  # noqa: F401 - torch-free, with every method's config
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import install_pins, pad_mask
-from mmpt.models.family import attention_modules, get_submodule
+from mmpt.models.family import attention_modules, get_submodule, reads_neighbours
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -54,6 +61,10 @@ class PromptMethod(nn.Module):
             self.prompt = nn.Parameter(torch.randn(shape, device=embed.weight.device) * scale * config.init_scale)
         self._source = source or (lambda: self.prompt)
         self._stripping = False
+        # prompts after each row's left padding where a convolution / SSM reads the neighbours (module docstring)
+        self.adjacent = reads_neighbours(loaded.model, tower)
+        self._keep: torch.Tensor | None = None  # (B, L) columns of the real (and padding) tokens at this prefill
+        self.prompt_columns: torch.Tensor | None = None  # (B, n) columns of the prompt at this prefill
         self._extended: torch.Tensor | None = None  # the last decoding mask this method extended
         self._mark = f"{CACHE_MARK}_{id(self)}"  # per instance: several prompt methods may share a cache
         self._handles = [
@@ -86,7 +97,10 @@ class PromptMethod(nn.Module):
         if isinstance(mask, torch.Tensor) and mask.ndim == 2 and new is not None and mask is not self._extended and (
             mask.shape[1] < call.cache().get_seq_length() + new.shape[1]
         ):
-            self._extended = torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
+            if self.adjacent:  # the cache holds each row's prompt after its padding
+                self._extended = after_padding(mask, mask.new_ones(mask.shape[0], n), mask, "attention_mask")
+            else:
+                self._extended = torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
             call.set("attention_mask", self._extended)
             return call.result()
         return None
@@ -121,21 +135,26 @@ class PromptMethod(nn.Module):
         if embeds is None:
             embeds = self._embed[0](call.get("input_ids"))
             call.set("input_ids", None)
-        batch = embeds.shape[0]
+        batch, length = embeds.shape[:2]
         prompt = self._source().to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-        call.set("inputs_embeds", torch.cat([prompt, embeds], dim=1))
-        prepend_token_rows(call, n, embeds.shape[1])  # e.g. Mllama's cross-attention masks
-        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
-            call.set("attention_mask", torch.cat([mask.new_ones(batch, n), mask], dim=1))
-        elif isinstance(mask, dict) or (isinstance(mask, torch.Tensor) and mask.ndim == 4):
-            # prepared (B, 1, Q, K) masks (PaliGemma), or one per attention type (full / sliding window): the
-            # prompt columns are visible to every query, so prompts never slide out of a window
-            call.set("attention_mask", map_masks(mask, lambda m: _prepend_to_4d(m, n)))
-        if positions is not None:
-            # contiguous with the real positions (some models count from 1; a gap would read as a new packed
-            # sequence to transformers' mask builder)
-            head = positions.amin(-1, keepdim=True) + torch.arange(n, device=positions.device)
-            call.set("position_ids", torch.cat([head, positions + n], dim=-1))
+        if self.adjacent:
+            self._prepend_adjacent(call, prompt, mask, positions)
+        else:
+            call.set("inputs_embeds", torch.cat([prompt, embeds], dim=1))
+            prepend_token_rows(call, n, length)  # e.g. Mllama's cross-attention masks
+            if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+                call.set("attention_mask", torch.cat([mask.new_ones(batch, n), mask], dim=1))
+            elif isinstance(mask, dict) or (isinstance(mask, torch.Tensor) and mask.ndim == 4):
+                # prepared (B, 1, Q, K) masks (PaliGemma), or one per attention type (full / sliding window): the
+                # prompt columns are visible to every query, so prompts never slide out of a window
+                call.set("attention_mask", map_masks(mask, lambda m: _prepend_to_4d(m, n)))
+            if positions is not None:
+                # contiguous with the real positions (some models count from 1; a gap would read as a new packed
+                # sequence to transformers' mask builder)
+                head = positions.amin(-1, keepdim=True) + torch.arange(n, device=positions.device)
+                call.set("position_ids", torch.cat([head, positions + n], dim=-1))
+            columns = torch.arange(n + length, device=embeds.device).expand(batch, -1)
+            self.prompt_columns, self._keep = columns[:, :n], columns[:, n:]
         if cache is not None:
             setattr(cache, self._mark, n)
             if positions is not None:
@@ -143,9 +162,61 @@ class PromptMethod(nn.Module):
         self._stripping = True
         return call.result()
 
+    def _prepend_adjacent(self, call: CallArguments, prompt: torch.Tensor, mask: Any,
+                          positions: torch.Tensor | None) -> None:
+        """Put each row's prompt after its left padding (towers whose mixers read neighbours)."""
+        n = self.config.length
+        embeds = call.get("inputs_embeds")
+        batch, length = embeds.shape[:2]
+        if mask is None:
+            mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
+        elif not (isinstance(mask, torch.Tensor) and mask.ndim == 2):
+            raise ContractError(
+                f"prompt: the '{self.config.tower}' tower mixes tokens by convolution / state-space layers, so its "
+                f"prompts go after each row's padding, which needs a 2-D padding mask; {type(call.module).__name__} "
+                f"got {type(mask).__name__}{'' if not isinstance(mask, torch.Tensor) else tuple(mask.shape)}")
+        taken = [name for name in TOKEN_ROW_ARGUMENTS if call.get(name) is not None]
+        if taken:
+            raise ContractError(f"prompt: per-token arguments {taken} cannot follow prompts placed after the padding")
+        call.set("inputs_embeds", after_padding(mask, prompt, embeds, "inputs_embeds"))
+        call.set("attention_mask", after_padding(mask, mask.new_ones(batch, n), mask, "attention_mask"))
+        if positions is not None:
+            # the prompt takes the positions just before the first real token's, which move up by n
+            first = positions.gather(-1, padding_of(mask).view(*[1] * (positions.ndim - 2), batch, 1).expand(
+                *positions.shape[:-1], 1))
+            head = first + torch.arange(n, device=positions.device)
+            call.set("position_ids", after_padding(mask, head, positions + n, "position_ids", positions.ndim - 1))
+        pads = padding_of(mask)[:, None]
+        columns = torch.arange(n + length, device=embeds.device).expand(batch, -1)
+        self.prompt_columns = pads + torch.arange(n, device=embeds.device)
+        self._keep = torch.where(columns[:, :length] < pads, columns[:, :length], columns[:, :length] + n)
+
+    def real_columns(self) -> torch.Tensor | None:
+        """``(B, L)`` columns of the input's own tokens (padding included) in the last prefill's sequence, prompt
+        columns left out; None before any prefill."""
+        return self._keep
+
+    def place(self, hidden: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
+        """``hidden`` (this prefill's layout, prompt included) with the prompt's columns replaced by ``prompts``
+        (``(n, D)``); used by ``deep_prompt`` at later layers."""
+        if self.prompt_columns is None or self._keep is None:
+            raise RuntimeError("place() is called at a prefill, after the prompt was inserted")
+        columns = self.prompt_columns
+        added = hidden.shape[1] - columns.shape[1] - self._keep.shape[1]  # tokens the backbone added itself
+        if added and (added < 0 or self.adjacent):
+            raise ContractError(f"deep_prompt: a block of '{self.config.tower}' got {hidden.shape[1]} positions; the "
+                                f"prompt was put into a sequence of {columns.shape[1] + self._keep.shape[1]}")
+        # GIT's backbone puts its image tokens in front of the text it is given (prompt included)
+        index = (columns + added)[..., None].expand(-1, -1, hidden.shape[-1])
+        return hidden.scatter(1, index, prompts.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1))
+
     def _strip(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         if self._stripping:
-            out.last_hidden_state = out.last_hidden_state[:, self.config.length :]
+            hidden = out.last_hidden_state
+            if self.adjacent:
+                out.last_hidden_state = hidden.gather(1, self._keep[..., None].expand(-1, -1, hidden.shape[-1]))
+            else:  # the first n (GIT's backbone puts its image tokens in front: its text stays last)
+                out.last_hidden_state = hidden[:, self.config.length :]
             self._stripping = False
         return out
 
@@ -157,6 +228,49 @@ class PromptMethod(nn.Module):
             release()
         self._handles, self._pin_releases = [], []
         detach_from_model(self)
+
+
+def padding_of(mask: torch.Tensor) -> torch.Tensor:
+    """Each row's count of left padding in a 2-D ``(B, L)`` mask; a mask that is not left-padded (zeros after a
+    one) is a :class:`~mmpt.contract.ContractError`."""
+    real = mask.bool()
+    pads = (~real).int().cumprod(-1).sum(-1)
+    if int((~real).sum()) != int(pads.sum()):
+        raise ContractError("prompt: the padding mask is not left-padded (a zero after a one); tokenize with "
+                            "padding_side='left' for this tower (its convolution / state-space layers read neighbours)")
+    return pads
+
+
+def without_inserted(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """A 2-D mask that some prompt method extended by ``n`` columns, as it was: the first ``n`` columns dropped
+    when they are all ones (prompt in front), else the ``n`` after each row's left padding."""
+    if bool(mask[:, :n].bool().all()):
+        return mask[:, n:]
+    pads = padding_of(mask)[:, None]
+    columns = torch.arange(mask.shape[1] - n, device=mask.device).expand(mask.shape[0], -1)
+    return mask.gather(1, torch.where(columns < pads, columns, columns + n))
+
+
+def after_padding(mask: torch.Tensor, inserted: torch.Tensor, rows: torch.Tensor, what: str,
+                  seq_axis: int = 1) -> torch.Tensor:
+    """``rows`` (``(..., B, L, ...)``, the sequence on ``seq_axis``, the batch just before it) with ``inserted``
+    (``(..., B, n, ...)``) put after each row's left padding as ``mask`` (``(B, L)``) gives it."""
+    batch, length = mask.shape
+    if rows.shape[seq_axis] != length or rows.shape[seq_axis - 1] != batch:
+        raise ContractError(f"prompt: {what} has shape {tuple(rows.shape)}, not aligned with the (B, L) = "
+                            f"{tuple(mask.shape)} padding mask")
+    n = inserted.shape[seq_axis]
+    pads = padding_of(mask)[:, None]
+    target = torch.arange(n + length, device=mask.device).expand(batch, -1)
+    # column j of the result: padding (j < pads), inserted (pads <= j < pads + n), else the row's token j - n
+    source = torch.where(target < pads, target, torch.where(target < pads + n, target - pads, target - n))
+    from_inserted = (target >= pads) & (target < pads + n)
+    joined = torch.cat([inserted, rows], dim=seq_axis)
+    index = torch.where(from_inserted, source, source + n)
+    shape = [1] * rows.ndim
+    shape[seq_axis - 1], shape[seq_axis] = batch, n + length
+    index = index.view(shape).expand(*joined.shape[:seq_axis], n + length, *joined.shape[seq_axis + 1:])
+    return joined.gather(seq_axis, index)
 
 
 def _prepend_to_4d(mask: torch.Tensor, n: int) -> torch.Tensor:

@@ -138,3 +138,55 @@ def tower_width(root: nn.Module, tower: Tower) -> int:
     from mmpt.contract import tower_width as width
 
     return width(get_submodule(root, tower.module), blocks(root, tower)[0])
+
+
+MIXER_PATTERNS = (
+    ("ssm", ("mamba", "ssm", "s4", "rwkv", "mixer")),
+    ("linear attention", ("linearattention", "linear_attention", "deltanet", "gla", "retention", "lightning")),
+)
+"""Lower-case class-name fragments of token mixers that are not softmax attention (checked after ``Conv1d``)."""
+
+
+def token_mixers(root: nn.Module, tower: Tower) -> list[str]:
+    """What mixes tokens in each block of a transformer tower: ``attention`` / ``sliding attention`` (the tower's
+    ``attention`` module), ``cross-attention``, ``convolution`` (a ``Conv1d`` over the sequence), ``ssm``, ``linear
+    attention`` (by class name), or ``unknown``; a block with several mixers lists them joined by ``+``.
+
+    Mixers other than attention read their neighbours in the sequence whatever the attention mask says, so
+    methods that add tokens must put them next to the real tokens there (:mod:`mmpt.methods.prompt`)."""
+    from mmpt.contract import is_sliding
+
+    out = []
+    for block in blocks(root, tower):
+        kinds: list[str] = []
+        attention = _child(block, tower.attention)
+        if attention is not None:
+            kinds.append("sliding attention" if is_sliding(attention) else "attention")
+        elif _child(block, tower.cross_attention) is not None:
+            kinds.append("cross-attention")
+        for module in block.modules():
+            name = type(module).__name__.lower()
+            kind = "convolution" if isinstance(module, nn.Conv1d) else next(
+                (k for k, fragments in MIXER_PATTERNS if any(f in name for f in fragments)), None)
+            if kind is not None and kind not in kinds and not (attention is not None and module is attention):
+                kinds.append(kind)
+        out.append("+".join(kinds) or "unknown")
+    return out
+
+
+def reads_neighbours(root: nn.Module, tower: Tower) -> bool:
+    """Whether some block of the tower mixes tokens by something other than (cross-)attention (see
+    :func:`token_mixers`): then the padding mask does not hide what stands next to a token."""
+    if tower.kind == "cnn":
+        return False
+    attention_only = {"attention", "sliding attention", "cross-attention"}
+    return any(set(kind.split("+")) - attention_only for kind in token_mixers(root, tower))
+
+
+def _child(block: nn.Module, path: str) -> nn.Module | None:
+    if not path:
+        return None
+    try:
+        return block.get_submodule(path)
+    except AttributeError:
+        return None

@@ -16,6 +16,7 @@ from mmpt.models.families import (
     git,
     idefics3,
     internvl,
+    lfm2_vl,
     llava,
     llava_next,
     llava_onevision,
@@ -29,7 +30,7 @@ from mmpt.models.families import (
 FAMILY_MODULES: dict[str, ModuleType] = {
     m.FAMILY.name: m
     for m in (llava, blip2, idefics3, paligemma, florence2, blip, gemma3, llava_next, llava_onevision, internvl,
-              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git)
+              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl)
 }
 
 
