@@ -99,3 +99,26 @@ def test_tower_width_refuses_a_config_that_does_not_match_the_block():
     block = nn.Sequential(nn.LayerNorm(16), nn.Linear(16, 16))
     with pytest.raises(ContractError, match="hidden size 32"):
         tower_width(Tower(), block)
+
+
+def test_an_unknown_per_token_input_is_a_contract_error_not_a_crash_inside_transformers():
+    """issue 18: Qwen3-VL's `visual_pos_masks` crashed inside transformers when prompts lengthened the sequence;
+    side inputs mmpt knows are lengthened, one it does not know is refused by name."""
+    from mmpt.contract import CallArguments, ContractError, insert_token_inputs
+
+    class Backbone(torch.nn.Module):
+        def forward(self, inputs_embeds=None, attention_mask=None, visual_pos_masks=None, per_layer_inputs=None,
+                    pixel_values=None):
+            return inputs_embeds
+
+    front = lambda value, rows, axis, name: torch.cat([rows, value], dim=axis)  # noqa: E731
+    visual = torch.tensor([[False, True, True, False]])
+    call = CallArguments(Backbone(), (), {"visual_pos_masks": visual, "pixel_values": torch.zeros(1, 4, 8, 8)})
+    insert_token_inputs(call, 2, 4, front)
+    assert call.get("visual_pos_masks").tolist() == [[False, False, False, True, True, False]]  # prompts: no image
+    call = CallArguments(Backbone(), (), {"per_layer_inputs": torch.zeros(1, 4, 3, 8)})
+    with pytest.raises(ContractError, match="'per_layer_inputs' .* looks per-token"):
+        insert_token_inputs(call, 2, 4, front)
+    call = CallArguments(Backbone(), (), {"visual_pos_masks": torch.ones(1, 5, dtype=torch.bool)})
+    with pytest.raises(ContractError, match="'visual_pos_masks' should cover the 4 tokens"):
+        insert_token_inputs(call, 2, 4, front)

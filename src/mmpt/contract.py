@@ -238,27 +238,64 @@ def tower_width(tower_module: nn.Module, block: nn.Module) -> int:
     return max(set(widths), key=widths.count)
 
 
-TOKEN_ROW_ARGUMENTS = ("cross_attention_mask", "full_text_row_masked_out_mask")
-"""Per-text-token ``(B, 1, L, X)`` arguments some backbones take besides the attention mask (Mllama's mask over
-image tokens for its cross-attention layers, and the rows that see no image at all)."""
+TOKEN_SIDE_INPUTS: dict[str, int] = {
+    "cross_attention_mask": -2,  # Mllama: (B, 1, L, image tokens) mask of its cross-attention layers
+    "full_text_row_masked_out_mask": -2,  # Mllama: (B, 1, L, 1), rows that see no image at all
+    "visual_pos_masks": 1,  # Qwen3-VL: (B, L) where DeepStack adds vision features to the LM's first layers
+}
+"""Per-token arguments some LM backbones take besides the hidden states, mask and positions, with their sequence
+axis. Tokens a method adds (prompts) get rows that see no image: a masked-out cross-attention row, a row marked
+as masked out, no DeepStack feature. Qwen3-VL's ``deepstack_visual_embeds`` hold one row per image token (not per
+token of the sequence) and stay as they are."""
+
+SEQUENCE_ARGUMENTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "labels"})
+"""Per-token arguments the prompt methods lengthen themselves."""
+
+PER_IMAGE_PREFIXES = ("pixel_", "image_")
+"""Arguments named so are per image, not per token (``pixel_values`` (B, 3, H, W) can have 3 = L by chance)."""
 
 
-def prepend_token_rows(call: CallArguments, n: int, length: int) -> None:
-    """Give ``n`` prepended tokens (prompts) their rows in every per-token argument (:data:`TOKEN_ROW_ARGUMENTS`)
-    that covers ``length`` tokens: they see no image (masked cross-attention, row masked out)."""
-    for name in TOKEN_ROW_ARGUMENTS:
+def _no_image_rows(name: str, value: torch.Tensor, n: int, axis: int) -> torch.Tensor:
+    fill: Any = False if value.dtype == torch.bool else (
+        torch.finfo(value.dtype).min if name == "cross_attention_mask" and value.is_floating_point() else 0)
+    shape = list(value.shape)
+    shape[axis] = n
+    return torch.full(shape, fill, dtype=value.dtype, device=value.device)
+
+
+def insert_token_inputs(call: CallArguments, n: int, length: int,
+                        insert: Callable[[torch.Tensor, torch.Tensor, int, str], torch.Tensor]) -> None:
+    """Give ``n`` added tokens their rows in every per-token side input of :data:`TOKEN_SIDE_INPUTS` that covers
+    ``length`` tokens; ``insert(value, rows, axis, name)`` puts them where the method puts its tokens (in front,
+    or after each row's padding). A side input of another length is a :class:`ContractError`, and so is any other
+    tensor argument whose sequence axis has ``length`` entries (:func:`refuse_unknown_token_inputs`)."""
+    for name, axis in TOKEN_SIDE_INPUTS.items():
         value = call.get(name)
         if value is None:
             continue
-        if not isinstance(value, torch.Tensor) or value.ndim != 4 or value.shape[-2] != length:
-            raise ContractError(f"{type(call.module).__name__}: '{name}' should be (B, 1, {length}, X), got "
-                                f"{tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
-        if name == "cross_attention_mask":
-            fill = False if value.dtype == torch.bool else torch.finfo(value.dtype).min
-        else:
-            fill = 0
-        rows = torch.full((*value.shape[:-2], n, value.shape[-1]), fill, dtype=value.dtype, device=value.device)
-        call.set(name, torch.cat([rows, value], dim=-2))
+        if not isinstance(value, torch.Tensor) or value.ndim < 2 or value.shape[axis] != length:
+            raise ContractError(f"{type(call.module).__name__}: '{name}' should cover the {length} tokens on axis "
+                                f"{axis}, got {tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
+        call.set(name, insert(value, _no_image_rows(name, value, n, axis), axis, name))
+    refuse_unknown_token_inputs(call, length)
+
+
+def refuse_unknown_token_inputs(call: CallArguments, length: int) -> None:
+    """Raise :class:`ContractError` when ``call`` carries a tensor that looks per-token (its axis 1 has ``length``
+    entries, or axis 2 behind a batch-sized axis 1) but is neither lengthened by the method nor listed in
+    :data:`TOKEN_SIDE_INPUTS`: a method that added tokens would leave it misaligned (transformers then crashes
+    with a shape error deep inside, or silently pairs the wrong tokens)."""
+    names = [*call.kwargs, *call.names[: len(call.args)]]
+    for name in names:
+        value = call.get(name)
+        if name in SEQUENCE_ARGUMENTS or name in TOKEN_SIDE_INPUTS or not isinstance(value, torch.Tensor) or (
+                name.startswith(PER_IMAGE_PREFIXES)):
+            continue
+        if value.ndim >= 2 and value.shape[1] == length:
+            raise ContractError(
+                f"{type(call.module).__name__} takes '{name}' {tuple(value.shape)}, which looks per-token ({length} "
+                "tokens on axis 1), and mmpt does not know how tokens added by a method should extend it; add it to "
+                "mmpt.contract.TOKEN_SIDE_INPUTS with its sequence axis, or use prefix / lora, which add no tokens")
 
 
 def is_sliding(attention: nn.Module) -> bool:

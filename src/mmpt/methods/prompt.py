@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmpt.contract import TOKEN_ROW_ARGUMENTS, CallArguments, ContractError, map_masks, prepend_token_rows
+from mmpt.contract import CallArguments, ContractError, insert_token_inputs, map_masks
 from mmpt.method_configs import PromptConfig  # noqa: F401 - torch-free, with every method's config
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import install_pins, pad_mask
@@ -141,7 +141,8 @@ class PromptMethod(nn.Module):
             self._prepend_adjacent(call, prompt, mask, positions)
         else:
             call.set("inputs_embeds", torch.cat([prompt, embeds], dim=1))
-            prepend_token_rows(call, n, length)  # e.g. Mllama's cross-attention masks
+            # e.g. Mllama's cross-attention masks, Qwen3-VL's DeepStack positions
+            insert_token_inputs(call, n, length, lambda value, rows, axis, name: torch.cat([rows, value], dim=axis))
             if isinstance(mask, torch.Tensor) and mask.ndim == 2:
                 call.set("attention_mask", torch.cat([mask.new_ones(batch, n), mask], dim=1))
             elif isinstance(mask, dict) or (isinstance(mask, torch.Tensor) and mask.ndim == 4):
@@ -175,9 +176,14 @@ class PromptMethod(nn.Module):
                 f"prompt: the '{self.config.tower}' tower mixes tokens by convolution / state-space layers, so its "
                 f"prompts go after each row's padding, which needs a 2-D padding mask; {type(call.module).__name__} "
                 f"got {type(mask).__name__}{'' if not isinstance(mask, torch.Tensor) else tuple(mask.shape)}")
-        taken = [name for name in TOKEN_ROW_ARGUMENTS if call.get(name) is not None]
-        if taken:
-            raise ContractError(f"prompt: per-token arguments {taken} cannot follow prompts placed after the padding")
+
+        def insert(value: torch.Tensor, rows: torch.Tensor, axis: int, name: str) -> torch.Tensor:
+            if axis != 1:
+                raise ContractError(f"prompt: '{name}' has its tokens on axis {axis}; prompts placed after each row's "
+                                    "padding extend per-token inputs on axis 1 only")
+            return after_padding(mask, rows, value, name)
+
+        insert_token_inputs(call, n, length, insert)
         call.set("inputs_embeds", after_padding(mask, prompt, embeds, "inputs_embeds"))
         call.set("attention_mask", after_padding(mask, mask.new_ones(batch, n), mask, "attention_mask"))
         if positions is not None:

@@ -25,12 +25,13 @@ from mmpt.models.families import (
     paligemma2,
     qwen2_5_vl,
     qwen2_vl,
+    qwen3_vl,
 )
 
 FAMILY_MODULES: dict[str, ModuleType] = {
     m.FAMILY.name: m
     for m in (llava, blip2, idefics3, paligemma, florence2, blip, gemma3, llava_next, llava_onevision, internvl,
-              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl)
+              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl, qwen3_vl)
 }
 
 
