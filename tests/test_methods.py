@@ -65,6 +65,10 @@ def test_method_on_tiny(config, images, tmp_path):
     with torch.no_grad():
         base = model(**batch).logits
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    if config.name == "bitfit" and not any(n.endswith("bias") for n, _ in model.named_parameters()):
+        with pytest.raises(ValueError, match="found no parameters to train"):  # refused with the reason
+            methods.apply(loaded, config)
+        return
     method = methods.apply(loaded, config)
     trained = {id(p) for p in method.parameters()}
     assert trained and all(p.requires_grad == (id(p) in trained) for p in model.parameters())
@@ -105,6 +109,10 @@ def test_method_on_families(family, config):
     with torch.no_grad():
         base = model(**batch).logits
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    if config.name == "bitfit" and not any(n.endswith("bias") for n, _ in model.named_parameters()):
+        with pytest.raises(ValueError, match="found no parameters to train"):  # refused with the reason
+            methods.apply(loaded, config)
+        return
     method = methods.apply(loaded, config)
     trained = {id(p) for p in method.parameters()}
     assert trained and all(p.requires_grad == (id(p) in trained) for p in model.parameters())

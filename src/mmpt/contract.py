@@ -248,7 +248,8 @@ axis. Tokens a method adds (prompts) get rows that see no image: a masked-out cr
 as masked out, no DeepStack feature. Qwen3-VL's ``deepstack_visual_embeds`` hold one row per image token (not per
 token of the sequence) and stay as they are."""
 
-SEQUENCE_ARGUMENTS = frozenset({"input_ids", "inputs_embeds", "attention_mask", "position_ids", "labels"})
+SEQUENCE_ARGUMENTS = frozenset({"input_ids", "inputs_embeds", "hidden_states", "attention_mask", "position_ids",
+                                "labels"})
 """Per-token arguments the prompt methods lengthen themselves."""
 
 PER_IMAGE_PREFIXES = ("pixel_", "image_")

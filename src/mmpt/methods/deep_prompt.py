@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmpt.contract import CallArguments, ContractError, map_masks
+from mmpt.contract import CallArguments, ContractError, map_masks, refuse_unknown_token_inputs
 from mmpt.method_configs import DeepPromptConfig  # noqa: F401 - torch-free, with every method's config
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
@@ -153,10 +153,15 @@ class DeepPromptMethod(nn.Module):
         def hook(block: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             call = CallArguments(block, args, kwargs)
             hidden = call.hidden()
+            n, length = self.config.length, hidden.shape[1]
             prompts = self.prompts[slot].to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
             call.set("hidden_states", torch.cat([prompts, hidden], dim=1))
             if call.mask() is not None:  # setting None would add an argument the block may not take
                 call.set("attention_mask", map_masks(call.mask(), self._grow_encoder_mask))
+            rotary = call.get("position_embeddings")
+            if rotary is not None:  # rotary ViTs (Pixtral): the prompts take the identity rotation (no position)
+                call.set("position_embeddings", identity_rotation_first(rotary, n, length, type(block).__name__))
+            refuse_unknown_token_inputs(call, length)
             return call.result()
 
         return hook
@@ -227,6 +232,20 @@ class DeepPromptMethod(nn.Module):
             self._injection.remove()
             self._injection = None
         detach_from_model(self)
+
+
+def identity_rotation_first(rotary: Any, n: int, length: int, owner: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary ``(cos, sin)`` over ``length`` tokens (the sequence on axis -2: ``(L, d)`` or ``(B, L, d)``) with ``n``
+    identity rotations (cos 1, sin 0) in front, for prompts put before the tokens."""
+    if not (isinstance(rotary, tuple | list) and len(rotary) == 2 and all(isinstance(t, torch.Tensor) for t in rotary)
+            and rotary[0].ndim >= 2 and rotary[0].shape[-2] == length and rotary[0].shape == rotary[1].shape):
+        shapes = [tuple(t.shape) for t in rotary] if isinstance(rotary, tuple | list) else type(rotary).__name__
+        raise ContractError(f"{owner}: position_embeddings should be (cos, sin) over the {length} tokens on axis -2, "
+                            f"got {shapes}; mmpt cannot give prompts their rotary rows")
+    cos, sin = rotary
+    shape = (*cos.shape[:-2], n, cos.shape[-1])
+    return (torch.cat([torch.ones(shape, dtype=cos.dtype, device=cos.device), cos], dim=-2),
+            torch.cat([torch.zeros(shape, dtype=sin.dtype, device=sin.device), sin], dim=-2))
 
 
 INPUT_NORMS = ("input_layernorm", "self_attn_layer_norm", "ln_1", "layer_norm1")

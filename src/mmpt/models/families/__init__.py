@@ -20,6 +20,7 @@ from mmpt.models.families import (
     llava,
     llava_next,
     llava_onevision,
+    mistral3,
     mllama,
     paligemma,
     paligemma2,
@@ -31,7 +32,7 @@ from mmpt.models.families import (
 FAMILY_MODULES: dict[str, ModuleType] = {
     m.FAMILY.name: m
     for m in (llava, blip2, idefics3, paligemma, florence2, blip, gemma3, llava_next, llava_onevision, internvl,
-              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl, qwen3_vl)
+              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl, qwen3_vl, mistral3)
 }
 
 
