@@ -246,6 +246,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from mmpt.models import list_models
 
+    if args.describe:
+        from mmpt.models.derive import describe_target
+
+        print(describe_target(args.describe))
+        return 0
+
     for entry in list_models():
         towers = ", ".join(f"{k}({t.kind})" for k, t in entry.family.towers.items())
         runnable = f"no: {entry.not_runnable}" if entry.not_runnable else "yes"
@@ -390,7 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the base model it was trained on (registered name or folder)")
     p.add_argument("--out", required=True, help="mmpt method file to write, e.g. lora.safetensors")
     p.set_defaults(func=_cmd_import)
-    sub.add_parser("models", help="list registered models").set_defaults(func=_cmd_models)
+    p = sub.add_parser("models", help="list registered models")
+    p.add_argument("--describe", metavar="MODEL", help="what mmpt knows or derives of a registered model, a checkpoint "
+                   "folder or a transformers model_type (towers, blocks, attention, projector)")
+    p.set_defaults(func=_cmd_models)
     sub.add_parser("methods", help="list tuning methods and their knobs").set_defaults(func=_cmd_methods)
     return parser
 

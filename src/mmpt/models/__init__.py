@@ -62,7 +62,6 @@ def load(name: str, **kwargs: Any) -> LoadedModel:
         entry = _REGISTRY[name]
         model, processor = entry.builder(**kwargs)
         return LoadedModel(name=name, model=model, processor=processor, family=entry.family)
-    from mmpt.models.families import family_for_model_type
     from mmpt.models.hf import load_pretrained, resolve_local
 
     folder = resolve_local(name)
@@ -72,8 +71,8 @@ def load(name: str, **kwargs: Any) -> LoadedModel:
             "folder, and not in the local Hugging Face cache (mmpt never downloads; fetch it with "
             "`huggingface-cli download` on a connected machine first)"
         )
-    model, processor, model_type = load_pretrained(folder, **kwargs)
-    return LoadedModel(name=name, model=model, processor=processor, family=family_for_model_type(model_type).FAMILY)
+    model, processor, family = load_pretrained(folder, **kwargs)
+    return LoadedModel(name=name, model=model, processor=processor, family=family)
 
 
 def _register_builtin() -> None:

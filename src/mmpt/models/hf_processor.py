@@ -398,7 +398,20 @@ STRATEGIES: dict[str, Strategy] = {
     "paligemma": Strategy(encode_paligemma, answer_paligemma, first_position=1),
     "paligemma2": Strategy(encode_paligemma, answer_paligemma, first_position=1),
     "florence2": Strategy(encode_florence2, answer_florence2, is_encoder_decoder=True, padding_side="right"),
+    "lfm2_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "mistral3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "qwen3_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
 }
+
+
+def chat_strategy(model_config: Any) -> Strategy:
+    """The strategy of a family derived from its structure (:mod:`mmpt.models.derive`): a decoder-only chat model
+    whose processor renders the chat template; positions from 0, unless its LM uses multimodal RoPE (Qwen-style
+    ``mrope_section``), whose 3-D positions only the model itself computes."""
+    text = getattr(model_config, "text_config", None) or model_config
+    rope = {**(getattr(text, "rope_scaling", None) or {}), **(getattr(text, "rope_parameters", None) or {})}
+    return Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True,
+                    first_position=None if "mrope_section" in rope else 0)
 
 
 class HFProcessor:
@@ -413,13 +426,14 @@ class HFProcessor:
     to its plain format).
     """
 
-    def __init__(self, processor: Any, family: str) -> None:
-        if family not in STRATEGIES:
-            raise ValueError(f"HFProcessor does not know family '{family}'; known: {', '.join(sorted(STRATEGIES))}")
+    def __init__(self, processor: Any, family: str, strategy: Strategy | None = None) -> None:
+        if strategy is None and family not in STRATEGIES:
+            raise ValueError(f"HFProcessor does not know family '{family}'; known: {', '.join(sorted(STRATEGIES))}; "
+                             "or pass a strategy (derived families get chat_strategy())")
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
             raise TypeError(f"{type(processor).__name__} has no tokenizer; HFProcessor wraps a full HF processor")
-        strategy = STRATEGIES[family]
+        strategy = strategy or STRATEGIES[family]
         if strategy.render in (render_chat, render_chat_per_turn) and not getattr(processor, "chat_template", None):
             fallback = render_llava_plain if family == "llava" else render_no_template
             strategy = replace(strategy, render=fallback)

@@ -36,12 +36,33 @@ FAMILY_MODULES: dict[str, ModuleType] = {
 }
 
 
+def _index_model_types() -> dict[str, ModuleType]:
+    """``model_type`` -> family module; two families claiming one model type is an error, not a silent shadow."""
+    index: dict[str, ModuleType] = {}
+    for module in FAMILY_MODULES.values():
+        for model_type in module.FAMILY.model_types:
+            if model_type in index:
+                raise ValueError(f"model type '{model_type}' is claimed by family '{index[model_type].FAMILY.name}' "
+                                 f"and by '{module.FAMILY.name}'; one family per model type")
+            index[model_type] = module
+    return index
+
+
+MODEL_TYPES = _index_model_types()
+
+
+def known_family(model_type: str) -> ModuleType | None:
+    """The family module whose ``FAMILY.model_types`` contains ``model_type``; None when no family file covers it
+    (mmpt then derives the family from the loaded model: :mod:`mmpt.models.derive`)."""
+    return MODEL_TYPES.get(model_type)
+
+
 def family_for_model_type(model_type: str) -> ModuleType:
     """The family module whose ``FAMILY.model_types`` contains ``model_type``."""
-    for module in FAMILY_MODULES.values():
-        if model_type in module.FAMILY.model_types:
-            return module
-    known = sorted(t for m in FAMILY_MODULES.values() for t in m.FAMILY.model_types)
+    module = known_family(model_type)
+    if module is not None:
+        return module
+    known = sorted(MODEL_TYPES)
     raise ValueError(
         f"mmpt does not know model type '{model_type}'; supported: {', '.join(known)} "
         "(docs/adding_a_family.md explains how to add one)"
