@@ -11,17 +11,13 @@ import torch
 from torch import nn
 
 from mmpt.models.families import qwen2_vl
-from mmpt.models.family import Family, Tower
+from mmpt.models.family import Family
 
 FAMILY = Family(
     name="qwen3_vl",
     model_types=("qwen3_vl",),
     hf_class="Qwen3VLForConditionalGeneration",
-    towers={
-        "lm": Tower("decoder", "model.language_model", "model.language_model.layers", "self_attn",
-                    "model.language_model"),
-        "vision": Tower("encoder", "model.visual", "model.visual.blocks", "attn", packed=True),
-    },
+    towers=qwen2_vl.FAMILY.towers,  # the same paths; DeepStack is a per-token side input of the LM
     projector="model.visual.merger",
     head="lm_head",
     notes="Packed vision tokens; DeepStack features of vision blocks added to the LM's first layers.",
