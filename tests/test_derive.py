@@ -69,3 +69,20 @@ def test_two_families_claiming_one_model_type_fail_registration(monkeypatch):
     monkeypatch.setitem(FAMILY_MODULES, "llava_again", FAMILY_MODULES["llava"])
     with pytest.raises(ValueError, match="model type 'llava' is claimed by family 'llava' and by 'llava'"):
         families._index_model_types()
+
+
+def test_token_mixers_are_classified_and_prefixes_say_which_layers_they_skip(caplog):
+    from mmpt.models.family import reads_neighbours, token_mixers
+
+    expected = {"lfm2_vl": ["convolution", "attention", "convolution"], "llava": ["attention", "attention"],
+                "gemma3": ["sliding attention", "sliding attention", "attention"],
+                "mllama": ["attention", "cross-attention", "attention"]}
+    for family, mixers in expected.items():
+        loaded = models.load(f"{family}-tiny-random")
+        lm = loaded.family.tower("lm")
+        assert token_mixers(loaded.model, lm) == mixers
+        assert reads_neighbours(loaded.model, lm) == (family == "lfm2_vl")
+    with caplog.at_level("INFO", logger="mmpt"):
+        methods.apply(loaded := models.load("lfm2_vl-tiny-random"), PrefixConfig(length=2))
+    assert "layers [0, 2] have no self-attention (convolution): prefixes go to layers [1]" in caplog.text
+    assert loaded.family.tower("lm").mixed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -12,7 +13,9 @@ from torch import nn
 from mmpt.method_configs import PrefixConfig
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.kv import KVInjection, kv_layout, projections
-from mmpt.models.family import Tower, attention_layers, blocks, get_submodule
+from mmpt.models.family import Tower, attention_layers, blocks, get_submodule, token_mixers
+
+log = logging.getLogger("mmpt")
 
 if TYPE_CHECKING:
     from mmpt.models import LoadedModel
@@ -140,6 +143,11 @@ class PrefixMethod(nn.Module):
         """The attention modules of the chosen layers (indices count every block, negative from the end)."""
         found = dict(attention_layers(loaded.model, tower, cross))
         if not layers:
+            skipped = [i for i in range(len(blocks(loaded.model, tower))) if i not in found]
+            if skipped and not cross:  # e.g. LFM2's convolution blocks: no keys or values to extend
+                mixers = token_mixers(loaded.model, tower)
+                log.info("prefix: tower '%s' layers %s have no self-attention (%s): prefixes go to layers %s",
+                         key, skipped, ", ".join(sorted({mixers[i] for i in skipped})), list(found))
             return list(found.values())
         n = len(blocks(loaded.model, tower))
         bad = [i for i in layers if not -n <= i < n]
