@@ -1,11 +1,17 @@
 """Every method x every family x {sdpa, eager}: which apply, which refuse with a message, which fail.
 
     python benchmarks/method_matrix.py [--csv results/method_matrix.csv] [--families llava,gemma3]
+    python benchmarks/method_matrix.py --derived --csv results/method_matrix_derived.csv
 
 For each tiny random family model and method config it checks the invariants the test matrix checks: the method
 changes the output once its parameters move; only its parameters are trainable; greedy generation with the KV
-cache equals generation without; removal restores the logits bit for bit. A ``ValueError`` raised by
+cache equals generation without; a left-padded sample's logits at every generated step equal the sample's alone
+(where the base model's do); removal restores the logits bit for bit. A ``ValueError`` raised by
 ``methods.apply`` is a refusal (its message is recorded); anything else, or a broken invariant, is a failure.
+
+``--derived`` removes the family files: each model gets the family derived from its structure
+(:mod:`mmpt.models.derive`), and only the language-model methods run (prefix, prompt, deep prompt on the LM,
+LoRA, adapters, BitFit, head); a family that cannot be derived is one ``needs a file`` row with the reason.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ from mmpt.methods import (
     PromptConfig,
     VisualPromptConfig,
 )
+from mmpt.models.derive import DeriveError, derive_family
 from mmpt.models.families import FAMILY_MODULES
+from mmpt.models.families._tiny import tiny_row
 
 CONFIGS: dict[str, Any] = {
     "prefix/lm": PrefixConfig(length=3, towers=["lm"]),
@@ -61,19 +69,37 @@ def randomize(model: torch.nn.Module, std: float = 0.3) -> None:
                 p.normal_(0, std, generator=gen)
 
 
-def check(family: str, name: str, config: Any, attn: str) -> tuple[str, str]:
-    """("passed" | "refused" | "failed", detail)."""
+LM_METHODS = ("prefix/lm", "prompt", "deep_prompt/lm", "lora", "adapter/sequential", "adapter/parallel", "bitfit",
+              "head")
+
+
+def padded_matches_alone(model: torch.nn.Module, module: Any, inputs: dict[str, torch.Tensor]) -> bool:
+    """Sample 1 of the left-padded batch: the same greedy tokens and, at every step, the same logits (1e-4) as
+    the sample alone."""
+    row = getattr(module, "tiny_row", tiny_row)(inputs, 1)
+    kw = dict(max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    batch, one = model.generate(**inputs, **kw), model.generate(**row, **kw)
+    tokens = batch.sequences[1] if model.config.is_encoder_decoder else batch.sequences[1, -one.sequences.shape[1]:]
+    return torch.equal(tokens, one.sequences[0]) and all(
+        torch.allclose(b[1], o[0], atol=1e-4) for b, o in zip(batch.logits, one.logits, strict=True))
+
+
+def check(family: str, name: str, config: Any, attn: str, derived: bool = False) -> tuple[str, str]:
+    """("passed" | "refused" | "failed" | "n/a", detail)."""
     module = FAMILY_MODULES[family]
     try:
         loaded = models.load(f"{family}-tiny-random", attn_implementation=attn)
     except ValueError as exc:  # transformers itself lacks this attention implementation for the family
         return "n/a", str(exc).splitlines()[0][:120]
+    if derived:
+        loaded.family = derive_family(loaded.model)  # DeriveError: the caller records "needs a file"
     randomize(loaded.model)
     model = loaded.model
-    batch = module.tiny_inputs(model, [3, 5])
+    batch = module.tiny_inputs(model, [5, 2, 7])
     gen_inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
     with torch.no_grad():
         base = model(**batch).logits
+    padding_exact = padded_matches_alone(model, module, gen_inputs)  # BART's learned positions: not even the base
     if family == "florence2" and name in ("prompt", "deep_prompt/lm"):
         config = type(config)(**{**vars(config), "tower": "decoder"})
     pixels = batch.get("pixel_values")
@@ -96,6 +122,8 @@ def check(family: str, name: str, config: Any, attn: str) -> tuple[str, str]:
         kw = dict(max_new_tokens=4, do_sample=False)
         if not torch.equal(model.generate(**gen_inputs, **kw), model.generate(**gen_inputs, use_cache=False, **kw)):
             return "failed", "generation with the KV cache differs from without"
+        if padding_exact and not padded_matches_alone(model, module, gen_inputs):
+            return "failed", "a left-padded sample's logits differ from the sample's alone"
         method.remove()
         if name in ("bitfit", "full/lm", "head", "projector"):  # they train base weights in place
             return "passed", ""
@@ -114,23 +142,35 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, default=None)
     parser.add_argument("--families", default="")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--derived", action="store_true", help="families derived from the models, LM methods")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     families = args.families.split(",") if args.families else sorted(FAMILY_MODULES)
+    configs = {k: v for k, v in CONFIGS.items() if k in LM_METHODS} if args.derived else CONFIGS
     rows = []
     start = time.perf_counter()
     for family in families:
-        for attn in ("sdpa", "eager"):
-            for name, config in CONFIGS.items():
-                outcome, detail = check(family, name, config, attn)
+        if args.derived:
+            try:
+                derive_family(FAMILY_MODULES[family].build_tiny())
+            except DeriveError as exc:
+                rows.append({"family": family, "attn": "-", "method": "-", "outcome": "needs a file",
+                             "detail": str(exc).splitlines()[0]})
+                print(f"{family}: needs a file", flush=True)
+                continue
+        for attn in ("sdpa",) if args.derived else ("sdpa", "eager"):
+            for name, config in configs.items():
+                outcome, detail = check(family, name, config, attn, args.derived)
                 rows.append({"family": family, "attn": attn, "method": name, "outcome": outcome, "detail": detail})
                 if outcome == "failed":
                     print(f"FAILED {family} {attn} {name}: {detail}", file=sys.stderr, flush=True)
         print(f"{family}: done ({time.perf_counter() - start:.0f} s)", flush=True)
-    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("passed", "refused", "failed", "n/a")}
-    print(f"\n{len(families)} families x {len(CONFIGS)} method configs x 2 attention implementations = {len(rows)}: "
-          f"{counts['passed']} passed, {counts['refused']} refused with a message, {counts['failed']} failed, "
-          f"{counts['n/a']} n/a (transformers has no such attention implementation for the family)")
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("passed", "refused", "failed", "n/a", "needs a file")}
+    print(f"\n{len(families)} families x {len(configs)} method configs x {1 if args.derived else 2} attention "
+          f"implementation(s): {len(rows)} rows: {counts['passed']} passed, {counts['refused']} refused with a "
+          f"message, {counts['failed']} failed, {counts['n/a']} n/a (transformers has no such attention "
+          f"implementation for the family), {counts['needs a file']} families need a family file "
+          f"({time.perf_counter() - start:.0f} s)")
     for r in rows:
         if r["outcome"] == "refused":
             print(f"  refused: {r['family']} {r['attn']} {r['method']}: {r['detail']}")
