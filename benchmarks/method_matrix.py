@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from mmpt import methods, models
+from mmpt.analysis.common import image_token_id
 from mmpt.methods import (
     AdapterConfig,
     BitFitConfig,
@@ -73,11 +74,19 @@ LM_METHODS = ("prefix/lm", "prompt", "deep_prompt/lm", "lora", "adapter/sequenti
               "head")
 
 
+def no_image_token(model: torch.nn.Module) -> dict[str, Any]:
+    """Generation kwargs that keep a random tiny model from generating its image placeholder (the model would
+    then expect image features for it)."""
+    token = image_token_id(model)
+    return {"suppress_tokens": [token]} if token is not None else {}
+
+
 def padded_matches_alone(model: torch.nn.Module, module: Any, inputs: dict[str, torch.Tensor]) -> bool:
     """Sample 1 of the left-padded batch: the same greedy tokens and, at every step, the same logits (1e-4) as
     the sample alone."""
     row = getattr(module, "tiny_row", tiny_row)(inputs, 1)
-    kw = dict(max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    kw = dict(max_new_tokens=3, do_sample=False, return_dict_in_generate=True, output_logits=True,
+              **no_image_token(model))
     batch, one = model.generate(**inputs, **kw), model.generate(**row, **kw)
     tokens = batch.sequences[1] if model.config.is_encoder_decoder else batch.sequences[1, -one.sequences.shape[1]:]
     return torch.equal(tokens, one.sequences[0]) and all(
@@ -119,7 +128,7 @@ def check(family: str, name: str, config: Any, attn: str, derived: bool = False)
             moved = model(**batch, use_cache=False).logits
         if torch.allclose(moved, base):
             return "failed", "no effect on the logits"
-        kw = dict(max_new_tokens=4, do_sample=False)
+        kw = dict(max_new_tokens=4, do_sample=False, **no_image_token(model))
         if not torch.equal(model.generate(**gen_inputs, **kw), model.generate(**gen_inputs, use_cache=False, **kw)):
             return "failed", "generation with the KV cache differs from without"
         if padding_exact and not padded_matches_alone(model, module, gen_inputs):

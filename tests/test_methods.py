@@ -309,3 +309,11 @@ def test_m2pt_draws_every_lm_layers_prompts_with_xavier_by_default():
     assert drawn.abs().max() <= bound + 1e-6
     torch.testing.assert_close(propagated[0], drawn[0])  # layer 0 is drawn either way
     assert not torch.allclose(propagated[1:], drawn[1:])
+
+
+def test_visual_prompt_on_a_tower_of_flattened_patches_is_refused_at_apply():
+    """issue 18: LFM2-VL's SigLIP2 NaFlex tower takes flattened patches; the frame was refused only at the first
+    forward."""
+    loaded = models.load("lfm2_vl-tiny-random")
+    with pytest.raises(ValueError, match="flattened patches with no convolution"):
+        methods.apply(loaded, VisualPromptConfig(width=2))

@@ -33,13 +33,19 @@ class VisualPromptMethod(nn.Module):
             raise ValueError(f"visual prompts pad an image's pixels, but the '{config.tower}' tower of "
                              f"'{loaded.family.name}' takes its images as packed patches (no pixel frame to pad); "
                              "use deep_prompt or prefix on that tower")
+        tower_module = get_submodule(loaded.model, tower.module)
+        if not any(isinstance(m, nn.Conv2d) for m in tower_module.modules()):
+            raise ValueError(f"visual prompts pad an image's pixels, but the '{config.tower}' tower of "
+                             f"'{loaded.family.name}' embeds flattened patches with no convolution over an image "
+                             "(e.g. SigLIP2 NaFlex): there is no pixel frame to pad; use deep_prompt or prefix on "
+                             "that tower")
         size, width = config.image_size, config.width
         device = next(loaded.model.parameters()).device
         self.frame = nn.Parameter(torch.zeros(3, size, size, device=device))
         mask = torch.ones(1, size, size, device=device)
         mask[:, width:-width, width:-width] = 0
         self.register_buffer("mask", mask, persistent=False)
-        self._handle = get_submodule(loaded.model, tower.module).register_forward_pre_hook(self._hook, with_kwargs=True)
+        self._handle = tower_module.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         pixels = args[0] if args else kwargs.get("pixel_values")
