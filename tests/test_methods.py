@@ -317,3 +317,22 @@ def test_visual_prompt_on_a_tower_of_flattened_patches_is_refused_at_apply():
     loaded = models.load("lfm2_vl-tiny-random")
     with pytest.raises(ValueError, match="flattened patches with no convolution"):
         methods.apply(loaded, VisualPromptConfig(width=2))
+
+
+def test_later_layers_prompts_replace_the_prompt_columns_not_a_backbones_own_tokens():
+    """issue 18 (found on the way): GIT's backbone puts its image tokens in front of the text it is given, so
+    replacing the first n columns at layer 1 overwrote image tokens; the prompt's own columns are replaced now."""
+    loaded = models.load("git-tiny-random")
+    batch = FAMILY_MODULES["git"].tiny_inputs(loaded.model, [5, 2, 7])
+    method = methods.apply(loaded, DeepPromptConfig(length=2, tower="lm", propagate_init=False, init_scale=1.0))
+    seen = []
+    block = loaded.model.get_submodule(loaded.family.tower("lm").layers)[1]
+    handle = block.register_forward_pre_hook(lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"])),
+                                             with_kwargs=True)
+    with torch.no_grad():
+        loaded.model(**batch, use_cache=False)
+    handle.remove()
+    hidden, text = seen[0], batch["input_ids"].shape[1]
+    start = hidden.shape[1] - text - 2  # image tokens, then the prompt, then the text
+    torch.testing.assert_close(hidden[:, start : start + 2], method.prompts[1].expand(3, -1, -1))
+    assert not torch.allclose(hidden[:, :2], method.prompts[1].expand(3, -1, -1))
