@@ -19,7 +19,7 @@ for s in ${SEEDS:-0 1 2}; do
     run="runs/repro/sweep-$arm-seed/$arm-seed=$s"
     [ -f "$run/metrics.json" ] && fgsm+=("$run")
   done
-  [ -d "runs/repro/analysis/fgsm-seed=$s" ] || "$MMPT" analyze fgsm "${fgsm[@]}" --samples 64 --eps 0,0.01,0.03 \
+  [ ${#fgsm[@]} -eq 0 ] || [ -d "runs/repro/analysis/fgsm-seed=$s" ] || "$MMPT" analyze fgsm "${fgsm[@]}" --samples 64 --eps 0,0.01,0.03 \
     --no-base --out "runs/repro/analysis/fgsm-seed=$s" --no-progress > /dev/null
 done
 .venv/bin/python results/reproduction/collect_analyses.py
