@@ -55,7 +55,7 @@ def plot(arms: dict[str, dict[int, float]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = [a for a in ORDER if a in arms]
-    fig, ax = plt.subplots(figsize=(1.1 * len(names) + 2, 4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5))
     for i, name in enumerate(names):
         values = list(arms[name].values())
         mean = statistics.fmean(values)
@@ -64,7 +64,7 @@ def plot(arms: dict[str, dict[int, float]], path: Path) -> None:
         ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set(ylim=(0, 1), ylabel="easy-VQA accuracy (200 test questions)",
-           title="mmpt-tiny, 200 training questions: mean ± std over seeds (dots: seeds)")
+           title="mmpt-tiny, 200 training questions\nmean ± std over seeds (dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
