@@ -177,25 +177,27 @@ class PromptMethod(nn.Module):
                 f"prompts go after each row's padding, which needs a 2-D padding mask; {type(call.module).__name__} "
                 f"got {type(mask).__name__}{'' if not isinstance(mask, torch.Tensor) else tuple(mask.shape)}")
 
+        pads = padding_of(mask)  # once: every tensor below is rearranged by it
+
         def insert(value: torch.Tensor, rows: torch.Tensor, axis: int, name: str) -> torch.Tensor:
             if axis != 1:
                 raise ContractError(f"prompt: '{name}' has its tokens on axis {axis}; prompts placed after each row's "
                                     "padding extend per-token inputs on axis 1 only")
-            return after_padding(mask, rows, value, name)
+            return after_padding(mask, rows, value, name, pads=pads)
 
         insert_token_inputs(call, n, length, insert)
-        call.set("inputs_embeds", after_padding(mask, prompt, embeds, "inputs_embeds"))
-        call.set("attention_mask", after_padding(mask, mask.new_ones(batch, n), mask, "attention_mask"))
+        call.set("inputs_embeds", after_padding(mask, prompt, embeds, "inputs_embeds", pads=pads))
+        call.set("attention_mask", after_padding(mask, mask.new_ones(batch, n), mask, "attention_mask", pads=pads))
         if positions is not None:
             # the prompt takes the positions just before the first real token's, which move up by n
-            first = positions.gather(-1, padding_of(mask).view(*[1] * (positions.ndim - 2), batch, 1).expand(
+            first = positions.gather(-1, pads.view(*[1] * (positions.ndim - 2), batch, 1).expand(
                 *positions.shape[:-1], 1))
             head = first + torch.arange(n, device=positions.device)
-            call.set("position_ids", after_padding(mask, head, positions + n, "position_ids", positions.ndim - 1))
-        pads = padding_of(mask)[:, None]
-        columns = torch.arange(n + length, device=embeds.device).expand(batch, -1)
-        self.prompt_columns = pads + torch.arange(n, device=embeds.device)
-        self._keep = torch.where(columns[:, :length] < pads, columns[:, :length], columns[:, :length] + n)
+            call.set("position_ids", after_padding(mask, head, positions + n, "position_ids", positions.ndim - 1,
+                                                   pads))
+        columns = torch.arange(length, device=embeds.device).expand(batch, -1)
+        self.prompt_columns = pads[:, None] + torch.arange(n, device=embeds.device)
+        self._keep = torch.where(columns < pads[:, None], columns, columns + n)
 
     def real_columns(self) -> torch.Tensor | None:
         """``(B, L)`` columns of the input's own tokens (padding included) in the last prefill's sequence, prompt
@@ -258,23 +260,23 @@ def without_inserted(mask: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def after_padding(mask: torch.Tensor, inserted: torch.Tensor, rows: torch.Tensor, what: str,
-                  seq_axis: int = 1) -> torch.Tensor:
+                  seq_axis: int = 1, pads: torch.Tensor | None = None) -> torch.Tensor:
     """``rows`` (``(..., B, L, ...)``, the sequence on ``seq_axis``, the batch just before it) with ``inserted``
-    (``(..., B, n, ...)``) put after each row's left padding as ``mask`` (``(B, L)``) gives it."""
+    (``(..., B, n, ...)``) put after each row's left padding as ``mask`` (``(B, L)``) gives it (``pads``: its
+    :func:`padding_of`, when the caller has it already)."""
     batch, length = mask.shape
     if rows.shape[seq_axis] != length or rows.shape[seq_axis - 1] != batch:
         raise ContractError(f"prompt: {what} has shape {tuple(rows.shape)}, not aligned with the (B, L) = "
                             f"{tuple(mask.shape)} padding mask")
     n = inserted.shape[seq_axis]
-    pads = padding_of(mask)[:, None]
+    pads = (padding_of(mask) if pads is None else pads)[:, None]
     target = torch.arange(n + length, device=mask.device).expand(batch, -1)
-    # column j of the result: padding (j < pads), inserted (pads <= j < pads + n), else the row's token j - n
-    source = torch.where(target < pads, target, torch.where(target < pads + n, target - pads, target - n))
-    from_inserted = (target >= pads) & (target < pads + n)
-    joined = torch.cat([inserted, rows], dim=seq_axis)
-    index = torch.where(from_inserted, source, source + n)
+    # column j of the result, as an index into [inserted, rows]: padding rows[j], then inserted[j - pads], then
+    # the row's token rows[j - n]
+    index = torch.where(target < pads, target + n, torch.where(target < pads + n, target - pads, target))
     shape = [1] * rows.ndim
     shape[seq_axis - 1], shape[seq_axis] = batch, n + length
+    joined = torch.cat([inserted, rows], dim=seq_axis)
     index = index.view(shape).expand(*joined.shape[:seq_axis], n + length, *joined.shape[seq_axis + 1:])
     return joined.gather(seq_axis, index)
 
