@@ -57,8 +57,12 @@ demo: install check-java
 	$(VENV)/bin/mmpt train configs/quickstart.yaml && \
 	echo "mmpt: demo run took $$(( $$(date +%s) - start )) s"
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), one per core of a 2-core machine by default; each takes
+# its share of the torch threads (tests/conftest.py). `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 2
+
 test: install check-java
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks
