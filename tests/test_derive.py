@@ -58,9 +58,9 @@ def test_a_checkpoint_without_a_family_file_loads_derived_and_tunes_exactly_as_w
 
 
 def test_models_describe_derives_a_model_type_on_the_meta_device(capsys):
-    assert main(["models", "--describe", "idefics2"]) == 0
+    assert main(["models", "--describe", "cohere2_vision"]) == 0
     out = capsys.readouterr().out
-    assert "derived from the structure" in out and "blocks model.text_model.layers; attention 'self_attn'" in out
+    assert "derived from the structure" in out and "blocks model.language_model.layers; attention 'self_attn'" in out
     assert main(["models", "--describe", "llava-tiny-random"]) == 0
     assert "tower vision: encoder at model.vision_tower" in capsys.readouterr().out
 

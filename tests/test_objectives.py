@@ -118,8 +118,8 @@ def test_sliced_loss_equals_full_loss_on_families(family):
     method = methods.apply(loaded, PrefixConfig(length=2, towers=["decoder"] if family == "florence2" else ["lm"]))
     _nudge(method)
     batch = _family_batch(family, loaded.model)
-    # encoder-decoder targets; BLIP's label-smoothed loss; BLIP-2's forward does not name logits_to_keep
-    own_loss = family in ("florence2", "blip", "blip2")
+    # encoder-decoder targets; BLIP's label-smoothed loss; BLIP-2's and InstructBLIP's forwards do not name logits_to_keep
+    own_loss = family in ("florence2", "blip", "blip2", "instructblip")
     assert keeps_logits(loaded.model) is not own_loss
     _assert_same(*_full_and_sliced(loaded.model, batch, list(method.parameters())))
 

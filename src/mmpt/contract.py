@@ -242,10 +242,11 @@ TOKEN_SIDE_INPUTS: dict[str, int] = {
     "cross_attention_mask": -2,  # Mllama: (B, 1, L, image tokens) mask of its cross-attention layers
     "full_text_row_masked_out_mask": -2,  # Mllama: (B, 1, L, 1), rows that see no image at all
     "visual_pos_masks": 1,  # Qwen3-VL: (B, L) where DeepStack adds vision features to the LM's first layers
+    "image_embeds_position_mask": 1,  # Kosmos-2: (B, L) the tokens its text decoder replaces by image features
 }
 """Per-token arguments some LM backbones take besides the hidden states, mask and positions, with their sequence
 axis. Tokens a method adds (prompts) get rows that see no image: a masked-out cross-attention row, a row marked
-as masked out, no DeepStack feature. Qwen3-VL's ``deepstack_visual_embeds`` hold one row per image token (not per
+as masked out, no DeepStack feature, no image feature written. Qwen3-VL's ``deepstack_visual_embeds`` hold one row per image token (not per
 token of the sequence) and stay as they are."""
 
 SEQUENCE_ARGUMENTS = frozenset({"input_ids", "inputs_embeds", "hidden_states", "attention_mask", "position_ids",

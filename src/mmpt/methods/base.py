@@ -82,10 +82,11 @@ def detach_from_model(method: object) -> None:
 
 
 def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -> Method:
-    """Inject ``config``'s method into ``loaded.model``; with ``freeze_base`` only the method trains."""
-    if freeze_base:
-        for p in loaded.model.parameters():
-            p.requires_grad_(False)
+    """Inject ``config``'s method into ``loaded.model``; with ``freeze_base`` only the method trains. Removing the
+    method gives the frozen parameters their ``requires_grad`` back."""
+    frozen = [p for p in loaded.model.parameters() if p.requires_grad] if freeze_base else []
+    for p in frozen:
+        p.requires_grad_(False)
     entry = get_method(config.name)
     attach_name = f"{ATTACH_PREFIX}{config.name}"
     if hasattr(loaded.model, attach_name):
@@ -95,10 +96,18 @@ def apply(loaded: LoadedModel, config: MethodConfig, freeze_base: bool = True) -
         p.requires_grad_(True)
     if isinstance(method, torch.nn.Module):
         method.train(loaded.model.training)  # e.g. prefix dropout follows the model's mode
-    if isinstance(method, torch.nn.Module) and getattr(method, "attach", True):
+    attached = isinstance(method, torch.nn.Module) and getattr(method, "attach", True)
+    if attached:
         # Attach so that .to(device), DDP and optimizer sharding see the method's parameters.
         loaded.model.add_module(attach_name, method)
-        method.detach_from_model = lambda: delattr(loaded.model, attach_name)  # type: ignore[attr-defined]
+
+    def detach() -> None:
+        if attached:
+            delattr(loaded.model, attach_name)
+        for p in frozen:
+            p.requires_grad_(True)
+
+    method.detach_from_model = detach  # type: ignore[attr-defined]
     return method
 
 

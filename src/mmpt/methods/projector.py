@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mmpt.method_configs import ProjectorConfig  # noqa: F401 - torch-free, with every method's config
-from mmpt.methods.base import MethodEntry, register_method
+from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
@@ -36,8 +36,9 @@ class ProjectorMethod:
         self.module.load_state_dict(state)
 
     def remove(self) -> None:
-        """Restore the projector weights it had when the method was applied."""
+        """Restore the projector weights it had when the method was applied, and every ``requires_grad``."""
         self.module.load_state_dict(self._initial)
+        detach_from_model(self)
 
 
 register_method(MethodEntry("projector", ProjectorConfig, ProjectorMethod, "train the vision-to-text projector only"))

@@ -47,11 +47,9 @@ class PromptMethod(nn.Module):
         tower = loaded.family.tower(config.tower)
         if tower.kind != "decoder" or not tower.backbone:
             raise ValueError(f"prompt needs a decoder tower with a backbone; '{config.tower}' is a {tower.kind}")
-        if not tower.input_prompts:
-            raise ValueError(
-                f"prompt: the '{config.tower}' tower of {loaded.family.name} cannot take input prompts (its "
-                "generate() re-feeds cached tokens, which would shift them); use prefix, which this tower supports"
-            )
+        if tower.no_input_prompts:
+            raise ValueError(f"prompt: the '{config.tower}' tower of {loaded.family.name} cannot take input prompts "
+                             f"({tower.no_input_prompts}); use prefix, which adds no tokens")
         backbone = get_submodule(loaded.model, tower.backbone)
         embed = backbone.get_input_embeddings()
         self._embed = [embed]  # a list: not registered as a submodule

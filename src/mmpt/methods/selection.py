@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mmpt.method_configs import BitFitConfig, FullConfig, HeadConfig  # noqa: F401 - torch-free, with every method's config
-from mmpt.methods.base import MethodConfig, MethodEntry, register_method
+from mmpt.methods.base import MethodConfig, MethodEntry, detach_from_model, register_method
 from mmpt.models.family import get_submodule
 
 if TYPE_CHECKING:
@@ -45,11 +45,12 @@ class ParameterSelection:
                 p.copy_(state[k])
 
     def remove(self) -> None:
-        """Restore the values from when the method was applied and freeze the parameters again."""
+        """Restore the values from when the method was applied, and every parameter's ``requires_grad``."""
         with torch.no_grad():
             for k, p in self.named.items():
                 p.copy_(self._snapshot[k])
                 p.requires_grad_(False)
+        detach_from_model(self)
 
 
 def _tower_parameters(loaded: LoadedModel, towers: list[str]) -> dict[str, nn.Parameter]:

@@ -27,6 +27,9 @@ PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger
                    "vision_projection", "language_projection", "image_to_text_projection", "aligner", "projector")
 BLOCK_LISTS = ("layers", "layer", "blocks", "h")
 MAX_DEPTH = 4
+POSITIONS_FROM_PADDING = ("its text decoder counts positions from the padding in input_ids; tokens added as "
+                          "embeddings would read other positions in a padded batch than alone")
+"""Why input prompts are refused on a decoder whose position embedding reads ``input_ids`` (Kosmos-2, XGLM)."""
 
 
 class DeriveError(ValueError):
@@ -82,7 +85,8 @@ def describe(family: Family) -> str:
         lines.append(f"  tower {tower_name}: {tower.kind} at {tower.module}" + (
             f"; blocks {tower.layers}; attention '{tower.attention}'"
             f"{'; cross-attention ' + repr(tower.cross_attention) if tower.cross_attention else ''}; "
-            f"injection {tower.injection}" if tower.kind != "cnn" else "") + (f"; {', '.join(flags)}" if flags else ""))
+            f"injection {tower.injection}" if tower.kind != "cnn" else "") + (f"; {', '.join(flags)}" if flags else "")
+            + (f"; no input prompts: {tower.no_input_prompts}" if tower.no_input_prompts else ""))
     return "\n".join(lines)
 
 
@@ -145,8 +149,19 @@ def _attention_children(block: nn.Module) -> tuple[list[str], list[str]]:
             continue
         if isinstance(child, nn.ModuleList | nn.ModuleDict) or not any(isinstance(m, nn.Linear) for m in child.modules()):
             continue
+        if _other_mixer(child):  # linear attention / SSM named like attention (Qwen3.5's ``linear_attn``)
+            continue
         (cross if "cross" in child_name.lower() or "encoder_attn" in child_name.lower() else own).append(child_name)
     return own, cross
+
+
+def _other_mixer(module: nn.Module) -> bool:
+    """Whether a module named like attention mixes tokens otherwise (linear attention, SSM): by its class name, as
+    :func:`~mmpt.models.family.token_mixers` classifies it; its block then has no attention for prefixes."""
+    from mmpt.models.family import MIXER_PATTERNS
+
+    name = type(module).__name__.lower()
+    return any(f in name for _, fragments in MIXER_PATTERNS for f in fragments)
 
 
 def _tower(model: nn.Module, path: str, root: nn.Module, kind: TowerKind, label: str) -> Tower:
@@ -180,7 +195,22 @@ def _tower(model: nn.Module, path: str, root: nn.Module, kind: TowerKind, label:
         injection="interface" if _uses_attention_functions(module) else "none",
         packed=packed,
         mixed=mixed,
+        no_input_prompts=POSITIONS_FROM_PADDING if kind == "decoder" and _positions_from_ids(root) else "",
     )
+
+
+def _positions_from_ids(root: nn.Module) -> bool:
+    """Whether a position embedding of the tower takes ``input_ids`` (positions counted past the pad tokens in
+    the ids, as Kosmos-2's and XGLM's do): tokens added as embeddings cannot follow that count."""
+    for module in root.modules():
+        name = type(module).__name__.lower()
+        if "position" in name and "rotary" not in name:
+            try:
+                if "input_ids" in inspect.signature(module.forward).parameters:
+                    return True
+            except (TypeError, ValueError):
+                continue
+    return False
 
 
 def _uses_attention_functions(module: nn.Module) -> bool:

@@ -30,8 +30,11 @@ class Tower:
         injection: how key/value tokens reach its attention: ``interface`` (transformers' attention
             functions), ``cache`` (fallback for modules that append to a ``past_key_values`` cache themselves) or ``none`` (not possible,
             e.g. fused QKV projections computed outside the interface).
-        input_prompts: whether prompt methods may prepend tokens to its input. False where the model's own
-            ``generate()`` re-feeds tokens it has cached (BLIP's BERT decoder), which shifts prepended prompts.
+        no_input_prompts: why prompt methods (``prompt``, ``deep_prompt`` on this tower, ``m2pt``'s text prompts)
+            may not add tokens to its input; empty where they may. Set where the model's own ``generate()``
+            re-feeds tokens it has cached (BLIP's BERT decoder), or where the tower derives its positions from
+            the padding in ``input_ids`` (Kosmos-2): added tokens would shift, or read other positions in a padded
+            batch than alone. Those methods are then refused at ``apply()`` with this reason.
         packed: the blocks take the hidden states of all images packed as ``(tokens, dim)`` with ``cu_seqlens``
             marking where each image starts (Qwen2-VL's vision tower) instead of ``(batch, tokens, dim)``.
         mixed: blocks differ in their attention (Mllama: self-attention layers and cross-attention layers);
@@ -46,7 +49,7 @@ class Tower:
     backbone: str = ""
     cross_attention: str = ""
     injection: Literal["interface", "cache", "none"] = "interface"
-    input_prompts: bool = True
+    no_input_prompts: str = ""
     packed: bool = False
     mixed: bool = False
 

@@ -401,6 +401,12 @@ STRATEGIES: dict[str, Strategy] = {
     "lfm2_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
     "mistral3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
     "qwen3_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "qwen3_5": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "glm4v": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "idefics2": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "aya_vision": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "janus": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
+    "instructblip": Strategy(encode_decoder_only, answer_decoder_only, render_blip2, first_position=0),
 }
 
 

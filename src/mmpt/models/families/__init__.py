@@ -9,13 +9,19 @@ from __future__ import annotations
 from types import ModuleType
 
 from mmpt.models.families import (
+    aya_vision,
     blip,
     blip2,
     florence2,
     gemma3,
     git,
+    glm4v,
+    idefics2,
     idefics3,
+    instructblip,
     internvl,
+    janus,
+    kosmos2,
     lfm2_vl,
     llava,
     llava_next,
@@ -26,13 +32,15 @@ from mmpt.models.families import (
     paligemma2,
     qwen2_5_vl,
     qwen2_vl,
+    qwen3_5,
     qwen3_vl,
 )
 
 FAMILY_MODULES: dict[str, ModuleType] = {
     m.FAMILY.name: m
     for m in (llava, blip2, idefics3, paligemma, florence2, blip, gemma3, llava_next, llava_onevision, internvl,
-              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl, qwen3_vl, mistral3)
+              paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl, qwen3_vl, mistral3, idefics2, instructblip,
+              aya_vision, glm4v, janus, kosmos2, qwen3_5)
 }
 
 

@@ -18,7 +18,8 @@ FAMILY = Family(
     hf_class="BlipForConditionalGeneration",
     towers={
         "lm": Tower("decoder", "text_decoder", "text_decoder.bert.encoder.layer", "attention.self",
-                    "text_decoder.bert", injection="cache", input_prompts=False),
+                    "text_decoder.bert", injection="cache",
+                    no_input_prompts="its generate() re-feeds tokens it has cached, which would shift them"),
         "vision": Tower("encoder", "vision_model", "vision_model.encoder.layers", "self_attn", injection="none"),
     },
     head="text_decoder.cls",
