@@ -130,6 +130,7 @@ def test_method_on_families(family, config):
         state = {k.replace(".base_layer", ""): v for k, v in model.state_dict().items()}
         assert all(torch.equal(state[k], v) for k, v in before.items())
     method.remove()
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == trainable_before  # unfrozen as before
     model.load_state_dict(before)
     _assert_effect_then_exact_removal(loaded, batch, base, config)
 
