@@ -81,6 +81,16 @@ def no_image_token(model: torch.nn.Module) -> dict[str, Any]:
     return {"suppress_tokens": [token]} if token is not None else {}
 
 
+def cached_matches_uncached(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> bool:
+    """Greedy generation of the batch with the KV cache: the same tokens and, at every step, the same logits (1e-4)
+    as without."""
+    kw = dict(max_new_tokens=4, do_sample=False, return_dict_in_generate=True, output_logits=True,
+              **no_image_token(model))
+    cached, uncached = model.generate(**inputs, **kw), model.generate(**inputs, use_cache=False, **kw)
+    return torch.equal(cached.sequences, uncached.sequences) and all(
+        torch.allclose(a, b, atol=1e-4) for a, b in zip(cached.logits, uncached.logits, strict=True))
+
+
 def padded_matches_alone(model: torch.nn.Module, module: Any, inputs: dict[str, torch.Tensor]) -> bool:
     """Sample 1 of the left-padded batch: the same greedy tokens and, at every step, the same logits (1e-4) as
     the sample alone."""
@@ -109,6 +119,10 @@ def check(family: str, name: str, config: Any, attn: str, derived: bool = False)
     with torch.no_grad():
         base = model(**batch).logits
     padding_exact = padded_matches_alone(model, module, gen_inputs)  # BART's learned positions: not even the base
+    cache_exact = cached_matches_uncached(model, gen_inputs)  # Kosmos-2: not even the base, once padded
+    note = "; ".join(f"{what} not checked: the base model's own {how} differs" for what, how, exact in (
+        ("padded-vs-alone", "padded generation", padding_exact),
+        ("cache-vs-no-cache", "cached generation", cache_exact)) if not exact)
     if family == "florence2" and name in ("prompt", "deep_prompt/lm"):
         config = type(config)(**{**vars(config), "tower": "decoder"})
     pixels = batch.get("pixel_values")
@@ -129,19 +143,20 @@ def check(family: str, name: str, config: Any, attn: str, derived: bool = False)
         if torch.allclose(moved, base):
             return "failed", "no effect on the logits"
         kw = dict(max_new_tokens=4, do_sample=False, **no_image_token(model))
-        if not torch.equal(model.generate(**gen_inputs, **kw), model.generate(**gen_inputs, use_cache=False, **kw)):
+        if cache_exact and not torch.equal(model.generate(**gen_inputs, **kw),
+                                           model.generate(**gen_inputs, use_cache=False, **kw)):
             return "failed", "generation with the KV cache differs from without"
         if padding_exact and not padded_matches_alone(model, module, gen_inputs):
             return "failed", "a left-padded sample's logits differ from the sample's alone"
         method.remove()
         if name in ("bitfit", "full/lm", "head", "projector"):  # they train base weights in place
-            return "passed", ""
+            return "passed", note
         if family == "blip":  # BLIP's own generate() leaves state in the HF model: compare after a fresh load
             return "passed", "removal not compared (BLIP's generate() changes the model itself)"
         with torch.no_grad():
             if not torch.equal(model(**batch).logits, base):
                 return "failed", "removal did not restore the logits exactly"
-        return "passed", ""
+        return "passed", note
     except Exception as exc:  # noqa: BLE001 - a matrix: every failure is recorded, not raised
         return "failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
 

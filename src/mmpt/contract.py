@@ -243,10 +243,11 @@ TOKEN_SIDE_INPUTS: dict[str, int] = {
     "full_text_row_masked_out_mask": -2,  # Mllama: (B, 1, L, 1), rows that see no image at all
     "visual_pos_masks": 1,  # Qwen3-VL: (B, L) where DeepStack adds vision features to the LM's first layers
     "image_embeds_position_mask": 1,  # Kosmos-2: (B, L) the tokens its text decoder replaces by image features
+    "per_layer_inputs": 1,  # Gemma 3n / 4: (B, L, layers, dim) per-layer vectors looked up from the token ids
 }
 """Per-token arguments some LM backbones take besides the hidden states, mask and positions, with their sequence
 axis. Tokens a method adds (prompts) get rows that see no image: a masked-out cross-attention row, a row marked
-as masked out, no DeepStack feature, no image feature written. Qwen3-VL's ``deepstack_visual_embeds`` hold one row per image token (not per
+as masked out, no DeepStack feature, no image feature written, a zero per-layer input. Qwen3-VL's ``deepstack_visual_embeds`` hold one row per image token (not per
 token of the sequence) and stay as they are."""
 
 SEQUENCE_ARGUMENTS = frozenset({"input_ids", "inputs_embeds", "hidden_states", "attention_mask", "position_ids",
@@ -280,6 +281,18 @@ def insert_token_inputs(call: CallArguments, n: int, length: int,
                                 f"{axis}, got {tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__}")
         call.set(name, insert(value, _no_image_rows(name, value, n, axis), axis, name))
     refuse_unknown_token_inputs(call, length)
+
+
+def embeds_only_inputs(backbone: nn.Module, embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The arguments to run ``backbone`` on embeddings that stand for no token id (prompts alone): ``inputs_embeds``,
+    plus the zero rows of :data:`TOKEN_SIDE_INPUTS` a backbone otherwise derives from the ids (Gemma 3n / 4's
+    ``per_layer_inputs``, which it would try to recover by inverting the embedding table)."""
+    out = {"inputs_embeds": embeds}
+    config = getattr(backbone, "config", None)
+    width = getattr(config, "hidden_size_per_layer_input", 0)
+    if width and "per_layer_inputs" in inspect.signature(backbone.forward).parameters:
+        out["per_layer_inputs"] = embeds.new_zeros(*embeds.shape[:2], config.num_hidden_layers, width)
+    return out
 
 
 def refuse_unknown_token_inputs(call: CallArguments, length: int) -> None:

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mmpt.contract import CallArguments, ContractError, map_masks, refuse_unknown_token_inputs
+from mmpt.contract import (
+    CallArguments,
+    ContractError,
+    embeds_only_inputs,
+    map_masks,
+    refuse_unknown_token_inputs,
+)
 from mmpt.method_configs import DeepPromptConfig  # noqa: F401 - torch-free, with every method's config
 from mmpt.methods.base import MethodEntry, detach_from_model, register_method
 from mmpt.methods.blocks import hidden_of, with_hidden
@@ -141,7 +147,8 @@ class DeepPromptMethod(nn.Module):
         was_training = backbone.training
         try:
             backbone.eval()
-            backbone(inputs_embeds=self.prompts[:1].to(next(backbone.parameters()).dtype), use_cache=False)
+            backbone(**embeds_only_inputs(backbone, self.prompts[:1].to(next(backbone.parameters()).dtype)),
+                     use_cache=False)
         finally:
             backbone.train(was_training)
             for handle in handles:

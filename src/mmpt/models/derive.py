@@ -24,7 +24,8 @@ from mmpt.models.family import Family, Tower, TowerKind
 
 VISION_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder", "vision")
 PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger", "visual_projection",
-                   "vision_projection", "language_projection", "image_to_text_projection", "aligner", "projector")
+                   "vision_projection", "language_projection", "image_to_text_projection", "aligner", "projector",
+                   "embed_vision")
 BLOCK_LISTS = ("layers", "layer", "blocks", "h")
 MAX_DEPTH = 4
 POSITIONS_FROM_PADDING = ("its text decoder counts positions from the padding in input_ids; tokens added as "

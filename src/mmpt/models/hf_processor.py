@@ -401,6 +401,8 @@ STRATEGIES: dict[str, Strategy] = {
     "lfm2_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
     "mistral3": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),
     "qwen3_vl": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
+    "gemma4": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0,
+                       nested_images=True),
     "qwen3_5": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
     "glm4v": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True),
     "idefics2": Strategy(encode_decoder_only, answer_decoder_only, render_chat, multi_turn=True, first_position=0),

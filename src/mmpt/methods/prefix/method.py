@@ -120,21 +120,27 @@ class PrefixMethod(nn.Module):
     def _inject(self, loaded: LoadedModel, tower: Tower, key: str, cross: bool, device: torch.device) -> None:
         config = self.config
         chosen = self._select_layers(loaded, tower, cross, config.layers, key)
-        heads, head_dim = kv_layout(chosen[0])
-        if any(kv_layout(m) != (heads, head_dim) for m in chosen):
-            raise ValueError(f"tower '{key}' mixes attention shapes; choose layers of one shape")
-        encoder = PrefixEncoder(len(chosen), heads, config.length, head_dim, config).to(device)
-        self.encoders[key] = encoder
-        if config.init == "text":
-            self._init_from_text(loaded, encoder, chosen, config)
-        memo = _Memo(encoder)
-        providers = [memo.provider(i) for i in range(len(chosen))]
-        # the encoder runs once per forward of the tower, not once per layer
+        # layers whose keys/values differ in shape (Gemma 4's global layers: other head counts and widths) get an
+        # encoder each, named '<tower>@<heads>x<head_dim>' (the tower's name alone where all have one shape)
+        groups: dict[tuple[int, int], list[nn.Module]] = {}
+        for module in chosen:
+            groups.setdefault(kv_layout(module), []).append(module)
+        if len(groups) > 1:
+            log.info("prefix: tower '%s' has attention of %d shapes (heads x head_dim %s): one encoder per shape",
+                     key, len(groups), ", ".join(f"{h}x{d}" for h, d in groups))
         tower_module = get_submodule(loaded.model, tower.module)
-        self._hooks.append(tower_module.register_forward_pre_hook(lambda *_: memo.clear()))
-        self._hooks.append(tower_module.register_forward_hook(lambda *_: memo.clear()))
         mode = "cache" if tower.injection == "cache" else "interface"
-        self.injections.append(KVInjection(chosen, providers, cross, mode))
+        for (heads, head_dim), modules in groups.items():
+            name = key if len(groups) == 1 else f"{key}@{heads}x{head_dim}"
+            encoder = PrefixEncoder(len(modules), heads, config.length, head_dim, config).to(device)
+            self.encoders[name] = encoder
+            if config.init == "text":
+                self._init_from_text(loaded, encoder, modules, config)
+            memo = _Memo(encoder)
+            # the encoder runs once per forward of the tower, not once per layer
+            self._hooks.append(tower_module.register_forward_pre_hook(lambda *_, m=memo: m.clear()))
+            self._hooks.append(tower_module.register_forward_hook(lambda *_, m=memo: m.clear()))
+            self.injections.append(KVInjection(modules, [memo.provider(i) for i in range(len(modules))], cross, mode))
 
     @staticmethod
     def _select_layers(

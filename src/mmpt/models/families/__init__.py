@@ -14,6 +14,7 @@ from mmpt.models.families import (
     blip2,
     florence2,
     gemma3,
+    gemma4,
     git,
     glm4v,
     idefics2,
@@ -40,7 +41,7 @@ FAMILY_MODULES: dict[str, ModuleType] = {
     m.FAMILY.name: m
     for m in (llava, blip2, idefics3, paligemma, florence2, blip, gemma3, llava_next, llava_onevision, internvl,
               paligemma2, qwen2_vl, qwen2_5_vl, mllama, git, lfm2_vl, qwen3_vl, mistral3, idefics2, instructblip,
-              aya_vision, glm4v, janus, kosmos2, qwen3_5)
+              aya_vision, glm4v, janus, kosmos2, qwen3_5, gemma4)
 }
 
 

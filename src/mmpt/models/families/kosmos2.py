@@ -4,7 +4,9 @@ Real checkpoints: ``microsoft/kosmos-2-patch14-224``. The text decoder places th
 positions ``image_embeds_position_mask`` marks: a per-token side input that tokens a method adds extend with
 "no image" (:data:`mmpt.contract.TOKEN_SIDE_INPUTS`). Its positions come from the padding in ``input_ids``
 (offset by the pad id), which tokens added as embeddings cannot follow: input prompts are refused, prefixes (which
-add no tokens) work.
+add no tokens) work. transformers' own Kosmos-2 counts the positions of generated tokens past the padding, so
+its left-padded batched generation (with a KV cache) differs from each sample alone, whatever mmpt does; the method
+matrix records those checks as not made.
 """
 
 from __future__ import annotations
