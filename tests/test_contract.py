@@ -108,7 +108,7 @@ def test_an_unknown_per_token_input_is_a_contract_error_not_a_crash_inside_trans
 
     class Backbone(torch.nn.Module):
         def forward(self, inputs_embeds=None, attention_mask=None, visual_pos_masks=None, per_layer_inputs=None,
-                    pixel_values=None):
+                    pixel_values=None, token_type_ids=None):
             return inputs_embeds
 
     front = lambda value, rows, axis, name: torch.cat([rows, value], dim=axis)  # noqa: E731
@@ -116,8 +116,11 @@ def test_an_unknown_per_token_input_is_a_contract_error_not_a_crash_inside_trans
     call = CallArguments(Backbone(), (), {"visual_pos_masks": visual, "pixel_values": torch.zeros(1, 4, 8, 8)})
     insert_token_inputs(call, 2, 4, front)
     assert call.get("visual_pos_masks").tolist() == [[False, False, False, True, True, False]]  # prompts: no image
-    call = CallArguments(Backbone(), (), {"per_layer_inputs": torch.zeros(1, 4, 3, 8)})
-    with pytest.raises(ContractError, match="'per_layer_inputs' .* looks per-token"):
+    call = CallArguments(Backbone(), (), {"per_layer_inputs": torch.ones(1, 4, 3, 8)})  # Gemma 4
+    insert_token_inputs(call, 2, 4, front)
+    assert call.get("per_layer_inputs").shape == (1, 6, 3, 8) and call.get("per_layer_inputs")[:, :2].eq(0).all()
+    call = CallArguments(Backbone(), (), {"token_type_ids": torch.zeros(1, 4, dtype=torch.long)})
+    with pytest.raises(ContractError, match="'token_type_ids' .* looks per-token"):
         insert_token_inputs(call, 2, 4, front)
     call = CallArguments(Backbone(), (), {"visual_pos_masks": torch.ones(1, 5, dtype=torch.bool)})
     with pytest.raises(ContractError, match="'visual_pos_masks' should cover the 4 tokens"):
