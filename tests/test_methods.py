@@ -312,6 +312,34 @@ def test_answer_head_pools_real_tokens_whatever_the_order(pooling, images):
     assert torch.allclose(results[0], results[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_answer_head_pools_real_tokens_when_prompts_go_after_the_padding(pooling):
+    """LFM2's convolution blocks put prompts after each row's left padding (not in front): the head still pools
+    each sample's own positions, in either order of application, padded or alone."""
+    from mmpt.methods import AnswerHeadConfig
+
+    module, results = FAMILY_MODULES["lfm2_vl"], []
+    for head_first in (True, False):
+        loaded = models.load("lfm2_vl-tiny-random")
+        randomize(loaded.model, 0.3, 0)
+        configs = [AnswerHeadConfig(answers=["yes", "no"], pooling=pooling), PromptConfig(length=3)]
+        head, prompt = (methods.apply(loaded, c) for c in (configs if head_first else configs[::-1]))
+        if not head_first:
+            head, prompt = prompt, head
+        assert prompt.adjacent  # the case under test: prompts after the padding
+        with torch.no_grad():
+            prompt.prompt.copy_(torch.randn(prompt.prompt.shape, generator=torch.Generator().manual_seed(1)))
+            head.head.weight.copy_(torch.randn(head.head.weight.shape, generator=torch.Generator().manual_seed(2)))
+            batch = module.tiny_inputs(loaded.model, [5, 2, 7])
+            loaded.model(**batch, use_cache=False)
+            both = head.logits()
+            loaded.model(**tiny_row(batch, 1), use_cache=False)
+            alone = head.logits()
+        assert torch.allclose(both[1], alone[0], atol=1e-4)
+        results.append(both)
+    assert torch.allclose(results[0], results[1], atol=1e-5)
+
+
 def test_m2pt_draws_every_lm_layers_prompts_with_xavier_by_default():
     """issue 17: M2PT initialised only layer 0's textual prompts with Xavier; later layers were propagated hidden
     states (up to ~1e4 on SmolLM2). The paper draws every layer with Xavier; propagation stays an option."""

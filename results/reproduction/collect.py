@@ -18,15 +18,19 @@ OUT = Path(__file__).resolve().parent
 KEYS = ("accuracy", "accuracy/color", "accuracy/shape", "accuracy/yes_no")
 
 
-def rows(runs_dir: Path) -> list[dict[str, object]]:
-    """One row per finished run: arm, seed, the accuracies after training, steps, seconds, trainable parameters."""
+def rows(runs_dir: Path, prefix: str = "", skip: str = "transfer_") -> list[dict[str, object]]:
+    """One row per finished run whose arm starts with ``prefix`` (and not with ``skip``): arm, seed, the accuracies
+    after training (and before, where the run measured it), steps, seconds, trainable parameters."""
     out = []
-    for metrics_file in sorted(runs_dir.glob("sweep-*/*/metrics.json")):
+    for metrics_file in sorted(runs_dir.glob(f"sweep-{prefix}*/*/metrics.json")):
         run = metrics_file.parent
-        metrics = read_checked(metrics_file, METRICS, "re-run results/reproduction/run_claims_1_3.sh")
         arm, _, seed = run.name.rpartition("-seed=")
+        if skip and arm.startswith(skip):
+            continue
+        metrics = read_checked(metrics_file, METRICS, "re-run the study's run_*.sh script")
         after = metrics["after"]
-        out.append({"arm": arm, "seed": int(seed), **{k: round(after[k], 4) for k in KEYS if k in after},
+        before = {f"before_{k}": round(metrics["before"][k], 4) for k in KEYS if k in metrics.get("before", {})}
+        out.append({"arm": arm, "seed": int(seed), **{k: round(after[k], 4) for k in KEYS if k in after}, **before,
                     "n_eval": after["n"], "steps": metrics["train"]["steps"],
                     "train_seconds": metrics["train"]["seconds"],
                     "trainable": metrics["parameters"]["trainable"], "run": str(run.relative_to(ROOT))})

@@ -1,0 +1,66 @@
+"""Claim 6 of the reproduction study: collect the transfer runs (``run_claim_6.sh``) into
+``claim6_transfer_runs.csv`` (one row per run: accuracy per question type before and after tuning on color and
+shape questions) and ``claim6_transfer_summary.csv`` (per arm, mean ± std over seeds of the change on the held-out
+yes/no questions and on the trained types), and draw ``claim6_transfer.png``."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from collect import ROOT, rows, write  # noqa: E402
+
+OUT = Path(__file__).resolve().parent
+HELD_OUT, TRAINED = "accuracy/yes_no", ("accuracy/color", "accuracy/shape")
+
+
+def change(row: dict[str, object], key: str) -> float:
+    return float(row[key]) - float(row[f"before_{key}"])  # type: ignore[arg-type]
+
+
+def main() -> int:
+    table = rows(ROOT / "runs" / "repro", prefix="transfer_", skip="")
+    if not table:
+        print("no finished transfer runs under runs/repro yet", file=sys.stderr)
+        return 1
+    for row in table:
+        row["arm"] = str(row["arm"]).removeprefix("transfer_")
+        row["held_out_change"] = round(change(row, HELD_OUT), 4)
+        row["trained_change"] = round(statistics.fmean(change(row, k) for k in TRAINED), 4)
+    write(OUT / "claim6_transfer_runs.csv", table)
+    summary = []
+    for arm in dict.fromkeys(str(r["arm"]) for r in table):
+        group = [r for r in table if r["arm"] == arm]
+        line: dict[str, object] = {"arm": arm, "seeds": len(group)}
+        for key in ("held_out_change", "trained_change", f"before_{HELD_OUT}", HELD_OUT):
+            values = [float(r[key]) for r in group]  # type: ignore[arg-type]
+            line[f"{key}_mean"] = round(statistics.fmean(values), 4)
+            line[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else ""
+        summary.append(line)
+    write(OUT / "claim6_transfer_summary.csv", summary)
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    arms = [str(s["arm"]) for s in summary]
+    for offset, key, label in ((-0.2, "trained_change", "trained types (color, shape)"),
+                               (0.2, "held_out_change", "held-out type (yes/no)")):
+        ax.bar([i + offset for i in range(len(arms))], [float(s[f"{key}_mean"]) for s in summary], 0.4,
+               yerr=[float(s[f"{key}_std"] or 0) for s in summary], label=label, capsize=3)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(arms)), arms)
+    ax.set_ylabel("accuracy change vs base")
+    ax.set_title("Claim 6: tuning on color + shape, mean ± std over seeds")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "claim6_transfer.png", dpi=120)
+    print(f"{len(table)} runs -> {OUT / 'claim6_transfer_runs.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
