@@ -42,7 +42,7 @@ from mmpt.methods import (
 )
 from mmpt.models.derive import DeriveError, derive_family
 from mmpt.models.families import FAMILY_MODULES
-from mmpt.models.families._tiny import tiny_row
+from mmpt.models.families._tiny import tiny_row, with_positions
 
 CONFIGS: dict[str, Any] = {
     "prefix/lm": PrefixConfig(length=3, towers=["lm"]),
@@ -116,6 +116,7 @@ def check(family: str, name: str, config: Any, attn: str, derived: bool = False)
     model = loaded.model
     batch = module.tiny_inputs(model, [5, 2, 7])
     gen_inputs = {k: v for k, v in batch.items() if k != "decoder_input_ids"}
+    batch = with_positions(batch, family)  # forward passes get the position ids mmpt's processor gives
     with torch.no_grad():
         base = model(**batch).logits
     padding_exact = padded_matches_alone(model, module, gen_inputs)  # BART's learned positions: not even the base

@@ -5,6 +5,7 @@ import torch
 
 from conftest import ANSWERS, PROMPTS, make_tiny, randomize
 from mmpt import methods, models
+from mmpt.contract import ContractError
 from mmpt.methods import (
     AdapterConfig,
     BitFitConfig,
@@ -19,7 +20,7 @@ from mmpt.methods import (
     VisualPromptConfig,
 )
 from mmpt.models.families import FAMILY_MODULES
-from mmpt.models.families._tiny import tiny_row
+from mmpt.models.families._tiny import tiny_row, with_positions
 
 TINY_CASES = [
     PromptConfig(length=3),
@@ -257,7 +258,7 @@ VISION_PROMPT_SKIPS = {  # family -> why its vision tower is not in the deep-pro
 def test_visual_deep_prompts_and_m2pt_on_vit_families(family):
     loaded = models.load(f"{family}-tiny-random")
     randomize(loaded.model)
-    batch = FAMILY_MODULES[family].tiny_inputs(loaded.model, [3, 5])
+    batch = with_positions(FAMILY_MODULES[family].tiny_inputs(loaded.model, [3, 5]), family)  # as mmpt's processor
     with torch.no_grad():
         base = loaded.model(**batch).logits
     _assert_effect_then_exact_removal(loaded, batch, base, DeepPromptConfig(length=2, tower="vision"))
@@ -340,6 +341,28 @@ def test_answer_head_pools_real_tokens_when_prompts_go_after_the_padding(pooling
     assert torch.allclose(results[0], results[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "mllama", "gemma3", "paligemma"])
+def test_a_plain_forward_on_a_left_padded_batch_without_position_ids_is_exact_or_refused(family):
+    """`model(input_ids, attention_mask)` on a left-padded batch gives no position ids (or one row of arange for
+    all rows): prompts in front of the padding then sat farther from a padded row's tokens than alone (LLaVA's
+    logits off by 10). They go after each row's padding instead; where a prepared mask cannot be rearranged so
+    (Gemma 3, PaliGemma), the call is refused asking for position ids."""
+    loaded = models.load(f"{family}-tiny-random")
+    randomize(loaded.model, 0.3, 0)
+    method = methods.apply(loaded, PromptConfig(length=3))
+    _nudge(method)
+    ids = torch.tensor([[0, 0, 2, 5, 6, 7], [2, 8, 9, 10, 11, 12]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        if family in ("gemma3", "paligemma"):
+            with pytest.raises(ContractError, match="Pass position_ids"):
+                loaded.model(input_ids=ids, attention_mask=mask)
+            return
+        padded = loaded.model(input_ids=ids, attention_mask=mask).logits
+        alone = loaded.model(input_ids=ids[:1, 2:], attention_mask=mask[:1, 2:]).logits
+    assert torch.allclose(padded[0, 2:], alone[0], atol=1e-4)
+
+
 def test_m2pt_draws_every_lm_layers_prompts_with_xavier_by_default():
     """issue 17: M2PT initialised only layer 0's textual prompts with Xavier; later layers were propagated hidden
     states (up to ~1e4 on SmolLM2). The paper draws every layer with Xavier; propagation stays an option."""
@@ -384,6 +407,8 @@ def test_later_layers_prompts_replace_the_prompt_columns_not_a_backbones_own_tok
         loaded.model(**batch, use_cache=False)
     handle.remove()
     hidden, text = seen[0], batch["input_ids"].shape[1]
-    start = hidden.shape[1] - text - 2  # image tokens, then the prompt, then the text
-    torch.testing.assert_close(hidden[:, start : start + 2], method.prompts[1].expand(3, -1, -1))
+    image = hidden.shape[1] - text - 2  # image tokens, then the text with the prompt where the prefill put it
+    columns = method._inner_list[0].prompt_columns + image  # (after each row's padding: no position ids given)
+    placed = hidden.gather(1, columns[..., None].expand(-1, -1, hidden.shape[-1]))
+    torch.testing.assert_close(placed, method.prompts[1].expand(3, -1, -1))
     assert not torch.allclose(hidden[:, :2], method.prompts[1].expand(3, -1, -1))

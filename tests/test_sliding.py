@@ -7,6 +7,7 @@ from conftest import randomize
 from mmpt import methods, models
 from mmpt.methods import DeepPromptConfig, PrefixConfig, PromptConfig
 from mmpt.models.families import gemma3
+from mmpt.models.families._tiny import with_positions
 
 WINDOW = 4
 
@@ -56,11 +57,12 @@ def test_injected_tokens_stay_visible_beyond_the_window(config, attn):
     loaded = _all_sliding(attn)
     batch = gemma3.tiny_inputs(loaded.model, [20, 14])
     method = methods.apply(loaded, config)
-    first = _last_logits(loaded.model, batch)
+    forward = with_positions(batch, "gemma3")  # as mmpt's processor gives them (generate() counts its own)
+    first = _last_logits(loaded.model, forward)
     with torch.no_grad():
         for p in method.parameters():
             p.normal_(0, 1.0, generator=torch.Generator().manual_seed(3))
-    assert not torch.allclose(_last_logits(loaded.model, batch), first), "the far-away tokens were not seen"
+    assert not torch.allclose(_last_logits(loaded.model, forward), first), "the far-away tokens were not seen"
     kw = dict(max_new_tokens=12, do_sample=False)  # generation runs far past the window
     cached = loaded.model.generate(**batch, **kw)
     assert torch.equal(cached, loaded.model.generate(**batch, use_cache=False, **kw))

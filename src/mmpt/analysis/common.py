@@ -250,7 +250,7 @@ def drop_prompt_columns(subject: Subject, features: torch.Tensor, extra: int) ->
     for method in subject.methods.values():
         for module in method.modules():
             found += [m for m in [module, *getattr(module, "_inner_list", [])] if isinstance(m, PromptMethod)]
-    adjacent = [m for m in found if m.adjacent]
+    adjacent = [m for m in found if m._adjacent_now]
     if not adjacent:
         return features[:, extra:]  # prompt tokens come first (see mmpt.methods.prompt)
     keep = adjacent[0].real_columns()

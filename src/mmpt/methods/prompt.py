@@ -12,7 +12,10 @@ whole (left-padded) row; the mask hides the padding between prompt and text. A t
 (short convolutions, state-space or linear-attention layers: :func:`~mmpt.models.family.token_mixers`) reads
 its neighbours whatever the mask says, so there each row's prompt is put **after its left padding**, right
 before its first real token, as for the sample alone; the mask then must be a left-padded 2-D padding mask
-(anything else is a :class:`~mmpt.contract.ContractError`).
+(anything else is a :class:`~mmpt.contract.ContractError`). The same layout serves a left-padded prefill whose
+caller gives no position ids (a plain ``model(input_ids, attention_mask)``): the backbone then counts positions
+from the left edge, and only prompts next to the first real token keep the sample's own distances. mmpt's
+processor and ``generate()`` give position ids; with a prepared 4-D mask and none, the call is refused.
 """
 
 from __future__ import annotations
@@ -59,8 +62,10 @@ class PromptMethod(nn.Module):
             self.prompt = nn.Parameter(torch.randn(shape, device=embed.weight.device) * scale * config.init_scale)
         self._source = source or (lambda: self.prompt)
         self._stripping = False
-        # prompts after each row's left padding where a convolution / SSM reads the neighbours (module docstring)
+        # prompts after each row's left padding where a convolution / SSM reads the neighbours (module docstring);
+        # elsewhere too at a prefill of a left-padded batch without position ids (see _prefill_adjacent)
         self.adjacent = reads_neighbours(loaded.model, tower)
+        self._adjacent_now = self.adjacent  # the layout of the last prefill
         self._keep: torch.Tensor | None = None  # (B, L) columns of the real (and padding) tokens at this prefill
         self.prompt_columns: torch.Tensor | None = None  # (B, n) columns of the prompt at this prefill
         self._extended: torch.Tensor | None = None  # the last decoding mask this method extended
@@ -95,7 +100,7 @@ class PromptMethod(nn.Module):
         if isinstance(mask, torch.Tensor) and mask.ndim == 2 and new is not None and mask is not self._extended and (
             mask.shape[1] < call.cache().get_seq_length() + new.shape[1]
         ):
-            if self.adjacent:  # the cache holds each row's prompt after its padding
+            if getattr(call.cache(), f"{self._mark}_adjacent", self.adjacent):  # each row's prompt after its padding
                 self._extended = after_padding(mask, mask.new_ones(mask.shape[0], n), mask, "attention_mask")
             else:
                 self._extended = torch.cat([mask.new_ones(mask.shape[0], n), mask], dim=1)
@@ -135,8 +140,11 @@ class PromptMethod(nn.Module):
             call.set("input_ids", None)
         batch, length = embeds.shape[:2]
         prompt = self._source().to(embeds.dtype).unsqueeze(0).expand(batch, -1, -1)
-        if self.adjacent:
-            self._prepend_adjacent(call, prompt, mask, positions)
+        self._adjacent_now = self.adjacent or _prefill_adjacent(mask, positions, batch, type(call.module).__name__)
+        if cache is not None:
+            setattr(cache, f"{self._mark}_adjacent", self._adjacent_now)
+        if self._adjacent_now:
+            self._prepend_adjacent(call, embeds, prompt, mask, positions)
         else:
             call.set("inputs_embeds", torch.cat([prompt, embeds], dim=1))
             # e.g. Mllama's cross-attention masks, Qwen3-VL's DeepStack positions
@@ -161,11 +169,11 @@ class PromptMethod(nn.Module):
         self._stripping = True
         return call.result()
 
-    def _prepend_adjacent(self, call: CallArguments, prompt: torch.Tensor, mask: Any,
+    def _prepend_adjacent(self, call: CallArguments, embeds: torch.Tensor, prompt: torch.Tensor, mask: Any,
                           positions: torch.Tensor | None) -> None:
-        """Put each row's prompt after its left padding (towers whose mixers read neighbours)."""
+        """Put each row's prompt after its left padding (towers whose mixers read neighbours, and left-padded
+        prefills whose positions do not follow the padding: :func:`_prefill_adjacent`)."""
         n = self.config.length
-        embeds = call.get("inputs_embeds")
         batch, length = embeds.shape[:2]
         if mask is None:
             mask = torch.ones(batch, length, dtype=torch.long, device=embeds.device)
@@ -188,6 +196,7 @@ class PromptMethod(nn.Module):
         call.set("attention_mask", after_padding(mask, mask.new_ones(batch, n), mask, "attention_mask", pads=pads))
         if positions is not None:
             # the prompt takes the positions just before the first real token's, which move up by n
+            positions = positions.expand(*positions.shape[:-2], batch, positions.shape[-1])  # one row for all
             first = positions.gather(-1, pads.view(*[1] * (positions.ndim - 2), batch, 1).expand(
                 *positions.shape[:-1], 1))
             head = first + torch.arange(n, device=positions.device)
@@ -209,7 +218,7 @@ class PromptMethod(nn.Module):
             raise RuntimeError("place() is called at a prefill, after the prompt was inserted")
         columns = self.prompt_columns
         added = hidden.shape[1] - columns.shape[1] - self._keep.shape[1]  # tokens the backbone added itself
-        if added and (added < 0 or self.adjacent):
+        if added < 0:
             raise ContractError(f"deep_prompt: a block of '{self.config.tower}' got {hidden.shape[1]} positions; the "
                                 f"prompt was put into a sequence of {columns.shape[1] + self._keep.shape[1]}")
         # GIT's backbone puts its image tokens in front of the text it is given (prompt included)
@@ -219,8 +228,14 @@ class PromptMethod(nn.Module):
     def _strip(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
         if self._stripping:
             hidden = out.last_hidden_state
-            if self.adjacent:
-                out.last_hidden_state = hidden.gather(1, self._keep[..., None].expand(-1, -1, hidden.shape[-1]))
+            if self._adjacent_now:  # the backbone's own tokens in front (GIT's image tokens), then each row's text
+                added = hidden.shape[1] - self.config.length - self._keep.shape[1]
+                if added < 0:
+                    raise ContractError(f"prompt: the '{self.config.tower}' backbone returned {hidden.shape[1]} "
+                                        f"positions for a sequence of {self.config.length + self._keep.shape[1]}")
+                own = torch.arange(added, device=hidden.device).expand(hidden.shape[0], -1)
+                keep = torch.cat([own, self._keep + added], dim=1)
+                out.last_hidden_state = hidden.gather(1, keep[..., None].expand(-1, -1, hidden.shape[-1]))
             else:  # the first n (GIT's backbone puts its image tokens in front: its text stays last)
                 out.last_hidden_state = hidden[:, self.config.length :]
             self._stripping = False
@@ -292,3 +307,36 @@ def _prepend_to_4d(mask: torch.Tensor, n: int) -> torch.Tensor:
 
 
 register_method(MethodEntry("prompt", PromptConfig, PromptMethod, "shallow prompt tuning: embeddings before the text"))
+
+
+def _prefill_adjacent(mask: Any, positions: torch.Tensor | None, batch: int, module: str) -> bool:
+    """Whether a prefill in front of the padding would be wrong: a left-padded batch whose positions do not follow
+    each row's padding (no position ids, or one row of them for the whole batch, as a plain ``model(input_ids,
+    attention_mask)`` call gives). The backbone then counts positions from the left edge, padding included, so
+    prompts in front would stand as many positions away from each row's first token as the row has padding, and a
+    padded sample would differ from the sample alone. After each row's padding, prompt and tokens stay contiguous
+    whichever way the backbone counts. A prepared (4-D or per-layer-type) mask cannot be rearranged so: that call
+    is a :class:`ContractError` asking for position ids."""
+    if positions is not None and (positions.shape[-2] != 1 or batch == 1):
+        return False
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        return bool((mask[:, 0] == 0).any())
+    if _left_padded_prepared(mask):
+        raise ContractError(
+            f"prompt: {module} got a left-padded batch with a prepared attention mask and positions that do not "
+            "follow each row's padding; prompts in front of the padding would sit farther from each row's tokens "
+            "than in the sample alone. Pass position_ids counted from each row's first real token (as mmpt's "
+            "processor and generate() do)")
+    return False
+
+
+def _left_padded_prepared(mask: Any) -> bool:
+    """Whether a 4-D mask (or any of a dict of them) hides column 0 from some row's last query."""
+    if isinstance(mask, dict):
+        return any(_left_padded_prepared(m) for m in mask.values())
+    if not (isinstance(mask, torch.Tensor) and mask.ndim == 4):
+        return False
+    corner = mask[:, :, -1, 0]
+    hidden = ~corner if corner.dtype == torch.bool else corner < torch.finfo(corner.dtype).min / 2 if (
+        corner.is_floating_point()) else corner == 0
+    return bool(hidden.any())

@@ -35,3 +35,16 @@ def tiny_row(batch: dict[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
     keep = batch["attention_mask"][i].bool()
     return {k: (v[i][keep][None] if v.dim() >= 2 and v.shape[1] == keep.shape[0] else v[i : i + 1])
             for k, v in batch.items()}
+
+
+def with_positions(batch: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """``batch`` with the ``position_ids`` mmpt's processor gives a forward pass of ``family`` (counted from each
+    row's first real token, from the family's ``first_position``); unchanged for families whose model computes
+    its own positions (multimodal RoPE) or that take none. Forward passes only: ``generate()`` counts itself."""
+    from mmpt.models.hf_processor import STRATEGIES
+
+    strategy = STRATEGIES.get(family)
+    if strategy is None or strategy.first_position is None or strategy.is_encoder_decoder:
+        return batch
+    mask = batch["attention_mask"]
+    return {**batch, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + strategy.first_position}
