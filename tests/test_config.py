@@ -29,7 +29,10 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 MESSAGE = re.compile(r"^[\w.\[\]]+: [^\n]+, got [^\n]+; [^\n]+$")
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
+STUDY_CONFIGS = sorted((ROOT / "results" / "reproduction" / "configs").glob("*.yaml"))  # the reproduction study's
+
+
+@pytest.mark.parametrize("path", CONFIGS + STUDY_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_loads(path):
     config = load_run_config(path)
     assert config.name

@@ -18,14 +18,14 @@ OUT = Path(__file__).resolve().parent
 KEYS = ("accuracy", "accuracy/color", "accuracy/shape", "accuracy/yes_no")
 
 
-def rows(runs_dir: Path, prefix: str = "", skip: str = "transfer_") -> list[dict[str, object]]:
+def rows(runs_dir: Path, prefix: str = "", skip: tuple[str, ...] = ("transfer_", "claim4_")) -> list[dict[str, object]]:
     """One row per finished run whose arm starts with ``prefix`` (and not with ``skip``): arm, seed, the accuracies
     after training (and before, where the run measured it), steps, seconds, trainable parameters."""
     out = []
     for metrics_file in sorted(runs_dir.glob(f"sweep-{prefix}*/*/metrics.json")):
         run = metrics_file.parent
         arm, _, seed = run.name.rpartition("-seed=")
-        if skip and arm.startswith(skip):
+        if skip and arm.startswith(skip):  # other claims' runs (their own collect scripts)
             continue
         metrics = read_checked(metrics_file, METRICS, "re-run the study's run_*.sh script")
         after = metrics["after"]

@@ -26,7 +26,7 @@ def change(row: dict[str, object], key: str) -> float:
 
 
 def main() -> int:
-    table = rows(ROOT / "runs" / "repro", prefix="transfer_", skip="")
+    table = rows(ROOT / "runs" / "repro", prefix="transfer_", skip=())
     if not table:
         print("no finished transfer runs under runs/repro yet", file=sys.stderr)
         return 1
