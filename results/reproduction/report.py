@@ -77,7 +77,64 @@ def table(rows: list[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+def fgsm_drops(path: Path) -> list[dict[str, object]]:
+    """Claim 3: per arm and epsilon, the accuracy lost to the attack (clean - attacked) per seed, and the paired
+    difference of each prompt-tuned arm's loss minus full fine-tuning's (negative: the prompt-tuned model loses
+    less, as the claim says). Writes ``claim3_fgsm_drops.csv`` and ``claim3_fgsm.png``."""
+    rows = list(csv.DictReader(path.open()))
+    acc: dict[str, dict[int, dict[float, float]]] = {}
+    for row in rows:
+        acc.setdefault(row["arm"], {}).setdefault(int(row["seed"]), {})[float(row["epsilon"])] = float(row["accuracy"])
+    out: list[dict[str, object]] = []
+    epsilons = sorted({e for seeds in acc.values() for s in seeds.values() for e in s if e > 0})
+    drop = {arm: {s: {e: v[0.0] - v[e] for e in epsilons if e in v} for s, v in seeds.items() if 0.0 in v}
+            for arm, seeds in acc.items()}
+    for arm in [a for a in ORDER if a in drop]:
+        for e in epsilons:
+            values = [d[e] for d in drop[arm].values() if e in d]
+            line: dict[str, object] = {"arm": arm, "epsilon": e, "seeds": len(values),
+                                       "drop_mean": round(statistics.fmean(values), 4),
+                                       "drop_std": round(statistics.stdev(values), 4) if len(values) > 1 else "",
+                                       "per seed": " ".join(f"{d[e]:.3f}" for _, d in sorted(drop[arm].items()))}
+            if arm != "full" and "full" in drop:
+                seeds = sorted(set(drop[arm]) & set(drop["full"]))
+                diffs = [drop[arm][s][e] - drop["full"][s][e] for s in seeds]
+                mean = statistics.fmean(diffs)
+                std = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+                line.update({"minus_full_mean": round(mean, 4), "minus_full_std": round(std, 4),
+                             "minus_full_exceeds_spread": bool(len(diffs) > 1 and all(d * mean > 0 for d in diffs)
+                                                               and abs(mean) > std)})
+            out.append(line)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for arm in [a for a in ORDER if a in acc]:
+        grid = [0.0, *epsilons]
+        curves = [[v[e] for e in grid] for v in acc[arm].values() if all(e in v for e in grid)]
+        means = [statistics.fmean(c[i] for c in curves) for i in range(len(grid))]
+        stds = [statistics.stdev(c[i] for c in curves) if len(curves) > 1 else 0.0 for i in range(len(grid))]
+        ax.errorbar(grid, means, yerr=stds, marker="o", capsize=3, label=f"{arm} ({len(curves)} seeds)")
+    ax.set(xlabel="FGSM epsilon (pixels in [0, 1])", ylabel="accuracy (64 test questions)",
+           title="Claim 3: accuracy under FGSM, mean ± std over seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(HERE / "claim3_fgsm.png", dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main() -> int:
+    if (HERE / "claim3_fgsm.csv").is_file():
+        drops = fgsm_drops(HERE / "claim3_fgsm.csv")
+        with (HERE / "claim3_fgsm_drops.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in drops for k in r)))
+            writer.writeheader()
+            writer.writerows(drops)
+        print(table([{k: r.get(k, "") for k in dict.fromkeys(k for r in drops for k in r)} for r in drops]),
+              end="\n\n")
     runs = read("claims_1_3_runs.csv")
     arms = by_arm(runs)
     summary = []
