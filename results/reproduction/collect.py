@@ -18,7 +18,7 @@ OUT = Path(__file__).resolve().parent
 KEYS = ("accuracy", "accuracy/color", "accuracy/shape", "accuracy/yes_no")
 
 
-def rows(runs_dir: Path, prefix: str = "", skip: tuple[str, ...] = ("transfer_", "claim4_")) -> list[dict[str, object]]:
+def rows(runs_dir: Path, prefix: str = "", skip: tuple[str, ...] = ("transfer_", "heldout_", "claim4_")) -> list[dict[str, object]]:
     """One row per finished run whose arm starts with ``prefix`` (and not with ``skip``): arm, seed, the accuracies
     after training (and before, where the run measured it), steps, seconds, trainable parameters."""
     out = []

@@ -26,12 +26,12 @@ def change(row: dict[str, object], key: str) -> float:
 
 
 def main() -> int:
-    table = rows(ROOT / "runs" / "repro", prefix="transfer_", skip=())
+    table = rows(ROOT / "runs" / "repro", prefix="heldout_", skip=())
     if not table:
         print("no finished transfer runs under runs/repro yet", file=sys.stderr)
         return 1
     for row in table:
-        row["arm"] = str(row["arm"]).removeprefix("transfer_")
+        row["arm"] = str(row["arm"]).removeprefix("heldout_")
         row["held_out_change"] = round(change(row, HELD_OUT), 4)
         row["trained_change"] = round(statistics.fmean(change(row, k) for k in TRAINED), 4)
     write(OUT / "claim6_transfer_runs.csv", table)
