@@ -196,6 +196,7 @@ class PromptMethod(nn.Module):
         call.set("attention_mask", after_padding(mask, mask.new_ones(batch, n), mask, "attention_mask", pads=pads))
         if positions is not None:
             # the prompt takes the positions just before the first real token's, which move up by n
+            positions = positions[None] if positions.ndim == 1 else positions
             positions = positions.expand(*positions.shape[:-2], batch, positions.shape[-1])  # one row for all
             first = positions.gather(-1, pads.view(*[1] * (positions.ndim - 2), batch, 1).expand(
                 *positions.shape[:-1], 1))
@@ -317,8 +318,8 @@ def _prefill_adjacent(mask: Any, positions: torch.Tensor | None, batch: int, mod
     padded sample would differ from the sample alone. After each row's padding, prompt and tokens stay contiguous
     whichever way the backbone counts. A prepared (4-D or per-layer-type) mask cannot be rearranged so: that call
     is a :class:`ContractError` asking for position ids."""
-    if positions is not None and (positions.shape[-2] != 1 or batch == 1):
-        return False
+    if positions is not None and (batch == 1 or (positions.ndim >= 2 and positions.shape[-2] != 1)):
+        return False  # per-row positions (or a batch of one): the caller's count, kept
     if isinstance(mask, torch.Tensor) and mask.ndim == 2:
         return bool((mask[:, 0] == 0).any())
     if _left_padded_prepared(mask):
