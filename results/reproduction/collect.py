@@ -60,15 +60,20 @@ def write(path: Path, table: list[dict[str, object]]) -> None:
         writer.writerows(table)
 
 
-def main() -> int:
-    table = rows(ROOT / "runs" / "repro")
+def collect(name: str, prefix: str = "", skip: tuple[str, ...] = ("transfer_", "heldout_", "claim4_")) -> int:
+    """Write ``<name>_runs.csv`` and ``<name>_summary.csv`` from the finished runs whose arm starts with ``prefix``."""
+    table = rows(ROOT / "runs" / "repro", prefix, skip)
     if not table:
-        print("no finished runs under runs/repro yet", file=sys.stderr)
+        print(f"no finished {prefix or 'claims 1-3 '}runs under runs/repro yet", file=sys.stderr)
         return 1
-    write(OUT / "claims_1_3_runs.csv", table)
-    write(OUT / "claims_1_3_summary.csv", summary(table))
-    print(f"{len(table)} runs -> {OUT / 'claims_1_3_runs.csv'}")
+    write(OUT / f"{name}_runs.csv", table)
+    write(OUT / f"{name}_summary.csv", summary(table))
+    print(f"{len(table)} runs -> {OUT / f'{name}_runs.csv'}")
     return 0
+
+
+def main() -> int:
+    return collect("claims_1_3")
 
 
 if __name__ == "__main__":

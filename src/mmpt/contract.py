@@ -247,8 +247,8 @@ TOKEN_SIDE_INPUTS: dict[str, int] = {
 }
 """Per-token arguments some LM backbones take besides the hidden states, mask and positions, with their sequence
 axis. Tokens a method adds (prompts) get rows that see no image: a masked-out cross-attention row, a row marked
-as masked out, no DeepStack feature, no image feature written, a zero per-layer input. Qwen3-VL's ``deepstack_visual_embeds`` hold one row per image token (not per
-token of the sequence) and stay as they are."""
+as masked out, no DeepStack feature, no image feature written, a zero per-layer input. Qwen3-VL's
+``deepstack_visual_embeds`` hold one row per image token (not per token of the sequence) and stay as they are."""
 
 SEQUENCE_ARGUMENTS = frozenset({"input_ids", "inputs_embeds", "hidden_states", "attention_mask", "position_ids",
                                 "labels"})

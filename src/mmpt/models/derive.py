@@ -20,7 +20,7 @@ from collections import Counter
 
 from torch import nn
 
-from mmpt.models.family import Family, Tower, TowerKind
+from mmpt.models.family import Family, Tower, TowerKind, mixer_kind
 
 VISION_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder", "vision")
 PROJECTOR_NAMES = ("multi_modal_projector", "mm_projector", "connector", "merger", "visual_projection",
@@ -150,19 +150,10 @@ def _attention_children(block: nn.Module) -> tuple[list[str], list[str]]:
             continue
         if isinstance(child, nn.ModuleList | nn.ModuleDict) or not any(isinstance(m, nn.Linear) for m in child.modules()):
             continue
-        if _other_mixer(child):  # linear attention / SSM named like attention (Qwen3.5's ``linear_attn``)
+        if mixer_kind(child) is not None:  # linear attention / SSM named like attention (Qwen3.5's ``linear_attn``)
             continue
         (cross if "cross" in child_name.lower() or "encoder_attn" in child_name.lower() else own).append(child_name)
     return own, cross
-
-
-def _other_mixer(module: nn.Module) -> bool:
-    """Whether a module named like attention mixes tokens otherwise (linear attention, SSM): by its class name, as
-    :func:`~mmpt.models.family.token_mixers` classifies it; its block then has no attention for prefixes."""
-    from mmpt.models.family import MIXER_PATTERNS
-
-    name = type(module).__name__.lower()
-    return any(f in name for _, fragments in MIXER_PATTERNS for f in fragments)
 
 
 def _tower(model: nn.Module, path: str, root: nn.Module, kind: TowerKind, label: str) -> Tower:

@@ -150,6 +150,15 @@ MIXER_PATTERNS = (
 """Lower-case class-name fragments of token mixers that are not softmax attention (checked after ``Conv1d``)."""
 
 
+def mixer_kind(module: nn.Module) -> str | None:
+    """``convolution`` (a ``Conv1d``), ``ssm`` or ``linear attention`` (by class name, :data:`MIXER_PATTERNS`) for a
+    module that mixes tokens by something other than softmax attention; None otherwise."""
+    if isinstance(module, nn.Conv1d):
+        return "convolution"
+    name = type(module).__name__.lower()
+    return next((k for k, fragments in MIXER_PATTERNS if any(f in name for f in fragments)), None)
+
+
 def token_mixers(root: nn.Module, tower: Tower) -> list[str]:
     """What mixes tokens in each block of a transformer tower: ``attention`` / ``sliding attention`` (the tower's
     ``attention`` module), ``cross-attention``, ``convolution`` (a ``Conv1d`` over the sequence), ``ssm``, ``linear
@@ -168,9 +177,7 @@ def token_mixers(root: nn.Module, tower: Tower) -> list[str]:
         elif _child(block, tower.cross_attention) is not None:
             kinds.append("cross-attention")
         for module in block.modules():
-            name = type(module).__name__.lower()
-            kind = "convolution" if isinstance(module, nn.Conv1d) else next(
-                (k for k, fragments in MIXER_PATTERNS if any(f in name for f in fragments)), None)
+            kind = mixer_kind(module)
             if kind is not None and kind not in kinds and not (attention is not None and module is attention):
                 kinds.append(kind)
         out.append("+".join(kinds) or "unknown")

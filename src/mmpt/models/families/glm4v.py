@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from mmpt.models.families import qwen2_vl
-from mmpt.models.families._tiny import left_padded, random_text
 from mmpt.models.family import Family, Tower
 
 FAMILY = Family(
@@ -26,7 +25,7 @@ FAMILY = Family(
     head="lm_head",
     notes="Packed vision tokens (cu_seqlens), 2-D RoPE in the ViT; multimodal RoPE positions (3, B, L) in the LM.",
 )
-IMAGE_TOKEN_ID, IMAGE_START_ID, IMAGE_END_ID = 999, 997, 998
+IMAGE_TOKEN_ID, IMAGE_START_ID, IMAGE_END_ID = qwen2_vl.IMAGE_TOKEN_ID, 997, 998
 tiny_row = qwen2_vl.tiny_row  # the same packing: each sample's own patches
 
 
@@ -49,13 +48,4 @@ def build_tiny(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
 
 
 def tiny_inputs(model: nn.Module, lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    rows = [[IMAGE_START_ID] + [IMAGE_TOKEN_ID] * qwen2_vl.NUM_IMAGE_TOKENS + [IMAGE_END_ID]
-            + random_text(n, 3, 900, gen) for n in lengths]
-    batch = left_padded(rows, 0)
-    patches = qwen2_vl.GRID * qwen2_vl.GRID
-    batch["pixel_values"] = torch.randn(len(lengths) * patches, 3 * qwen2_vl.TEMPORAL * qwen2_vl.PATCH ** 2,
-                                        generator=gen)
-    batch["image_grid_thw"] = torch.tensor([[1, qwen2_vl.GRID, qwen2_vl.GRID]] * len(lengths))
-    batch["mm_token_type_ids"] = (batch["input_ids"] == IMAGE_TOKEN_ID).int()  # 1: image token (M-RoPE)
-    return batch
+    return qwen2_vl.packed_inputs(lengths, seed, IMAGE_START_ID, IMAGE_END_ID)

@@ -57,9 +57,14 @@ def build_tiny(seed: int = 0, attn_implementation: str = "sdpa") -> nn.Module:
 
 
 def tiny_inputs(model: nn.Module, lengths: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    return packed_inputs(lengths, seed, VISION_START_ID, VISION_END_ID)
+
+
+def packed_inputs(lengths: list[int], seed: int, start: int, end: int) -> dict[str, torch.Tensor]:
+    """A left-padded batch of one packed 16 x 16 image per sample between the ``start`` and ``end`` tokens (also
+    GLM-4V's and Qwen3's layout)."""
     gen = torch.Generator().manual_seed(seed)
-    rows = [[VISION_START_ID] + [IMAGE_TOKEN_ID] * NUM_IMAGE_TOKENS + [VISION_END_ID] + random_text(n, 3, 900, gen)
-            for n in lengths]
+    rows = [[start] + [IMAGE_TOKEN_ID] * NUM_IMAGE_TOKENS + [end] + random_text(n, 3, 900, gen) for n in lengths]
     batch = left_padded(rows, 0)
     patches = GRID * GRID
     batch["pixel_values"] = torch.randn(len(lengths) * patches, 3 * TEMPORAL * PATCH * PATCH, generator=gen)
