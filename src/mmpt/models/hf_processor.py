@@ -412,6 +412,14 @@ STRATEGIES: dict[str, Strategy] = {
 }
 
 
+def positions_from_mask(attention_mask: torch.Tensor, first: int | None) -> torch.Tensor | None:
+    """Positions of a left-padded batch counted from each row's first real token, starting at ``first`` (None:
+    none, the model counts them itself)."""
+    if first is None:
+        return None
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + first
+
+
 def chat_strategy(model_config: Any) -> Strategy:
     """The strategy of a family derived from its structure (:mod:`mmpt.models.derive`): a decoder-only chat model
     whose processor renders the chat template; positions from 0, unless its LM uses multimodal RoPE (Qwen-style
@@ -492,10 +500,7 @@ class HFProcessor:
     def position_ids(self, attention_mask: torch.Tensor) -> torch.Tensor | None:
         """Positions of a left-padded batch as ``generate()`` counts them (from each row's first real token), or
         None for families whose forward needs none (see :attr:`Strategy.first_position`)."""
-        first = self.strategy.first_position
-        if first is None:
-            return None
-        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + first
+        return positions_from_mask(attention_mask, self.strategy.first_position)
 
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of ``answer`` with its end token, as they follow the generation prompt (decoder-only) or as

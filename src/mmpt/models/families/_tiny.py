@@ -41,10 +41,8 @@ def with_positions(batch: dict[str, torch.Tensor], family: str) -> dict[str, tor
     """``batch`` with the ``position_ids`` mmpt's processor gives a forward pass of ``family`` (counted from each
     row's first real token, from the family's ``first_position``); unchanged for families whose model computes
     its own positions (multimodal RoPE) or that take none. Forward passes only: ``generate()`` counts itself."""
-    from mmpt.models.hf_processor import STRATEGIES
+    from mmpt.models.hf_processor import STRATEGIES, positions_from_mask
 
     strategy = STRATEGIES.get(family)
-    if strategy is None or strategy.first_position is None or strategy.is_encoder_decoder:
-        return batch
-    mask = batch["attention_mask"]
-    return {**batch, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0) + strategy.first_position}
+    positions = positions_from_mask(batch["attention_mask"], strategy.first_position) if strategy else None
+    return batch if positions is None else {**batch, "position_ids": positions}
