@@ -16,9 +16,11 @@ from mmpt.readback import METRICS, read_checked
 ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent
 KEYS = ("accuracy", "accuracy/color", "accuracy/shape", "accuracy/yes_no")
+# the arms of other claims and of the second model (each has its own collect call)
+OTHER_CLAIMS = ("transfer_", "heldout_", "claim4_", "claim5_", "g3_")
 
 
-def rows(runs_dir: Path, prefix: str = "", skip: tuple[str, ...] = ("transfer_", "heldout_", "claim4_")) -> list[dict[str, object]]:
+def rows(runs_dir: Path, prefix: str = "", skip: tuple[str, ...] = OTHER_CLAIMS) -> list[dict[str, object]]:
     """One row per finished run whose arm starts with ``prefix`` (and not with ``skip``): arm, seed, the accuracies
     after training (and before, where the run measured it), steps, seconds, trainable parameters."""
     out = []
@@ -60,7 +62,7 @@ def write(path: Path, table: list[dict[str, object]]) -> None:
         writer.writerows(table)
 
 
-def collect(name: str, prefix: str = "", skip: tuple[str, ...] = ("transfer_", "heldout_", "claim4_")) -> int:
+def collect(name: str, prefix: str = "", skip: tuple[str, ...] = OTHER_CLAIMS) -> int:
     """Write ``<name>_runs.csv`` and ``<name>_summary.csv`` from the finished runs whose arm starts with ``prefix``."""
     table = rows(ROOT / "runs" / "repro", prefix, skip)
     if not table:
@@ -72,9 +74,16 @@ def collect(name: str, prefix: str = "", skip: tuple[str, ...] = ("transfer_", "
     return 0
 
 
-def main() -> int:
-    return collect("claims_1_3")
+def main(argv: list[str]) -> int:
+    """``collect.py`` (claims 1-3), ``collect.py claim5`` or ``collect.py g3`` (one CSV pair per group of arms)."""
+    if not argv:
+        return collect("claims_1_3")
+    groups = {"claim5": "claim5_", "g3": "g3_"}
+    if argv[0] not in groups:
+        print(f"usage: collect.py [{' | '.join(groups)}]", file=sys.stderr)
+        return 2
+    return collect(argv[0] if argv[0] != "g3" else "gemma3_claims_1_2", prefix=groups[argv[0]], skip=())
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -176,6 +176,7 @@ def _projector_targets() -> dict[str, Path]:
 def _cmd_pretrain_projector(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file, save_file
 
+    from mmpt.models import tiny
     from mmpt.runconfig import load_run_config, smoke
     from mmpt.train import run
 
@@ -201,7 +202,8 @@ def _cmd_pretrain_projector(args: argparse.Namespace) -> int:
             print(f"mmpt: previous projector kept as {backup}")
         target.parent.mkdir(parents=True, exist_ok=True)
         save_file(load_file(trained), str(target), metadata={"source": str(trained)})
-        print(f"mmpt: installed the projector as {target}")
+        tiny.record_projector(target)
+        print(f"mmpt: installed the projector as {target} (SHA-256 recorded in {tiny.PROJECTOR_SUMS.name})")
     else:
         where = f"make them {config.model.name}'s default" if target else "use them with model.projector_checkpoint"
         print(f"mmpt: projector weights in {trained}; add --install to {where}")

@@ -37,6 +37,7 @@ NUM_IMAGE_TOKENS = 49
 VISION_DIM = 1280
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 PROJECTOR_CHECKPOINT = CHECKPOINT_DIR / "mmpt-tiny-projector.safetensors"
+PROJECTOR_SUMS = CHECKPOINT_DIR / "SHA256SUMS.json"  # {file name: SHA-256} of the projectors in CHECKPOINT_DIR
 
 FAMILY = Family(
     name="mmpt-tiny",
@@ -156,6 +157,55 @@ def _processor(tokenizer: object) -> VLMProcessor:
     return VLMProcessor(tokenizer, ImageTransform(size=224), image_token_id, NUM_IMAGE_TOKENS)
 
 
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def projector_sums(sums: Path | None = None) -> dict[str, str]:
+    """The recorded SHA-256 of every shipped or installed projector, by file name (empty when none is recorded).
+
+    ``sums`` defaults to :data:`PROJECTOR_SUMS`.
+    """
+    sums = sums or PROJECTOR_SUMS
+    if not sums.is_file():
+        return {}
+    try:
+        recorded = json.loads(sums.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{sums} is damaged ({exc}); reinstall mmpt to restore it") from None
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in recorded.items()):
+        raise ValueError(f"{sums} must map file names to SHA-256 strings; reinstall mmpt to restore it")
+    return recorded
+
+
+def check_projector(path: Path, sums: Path | None = None) -> None:
+    """Raise ``ValueError`` when the shipped projector ``path`` differs from its recorded SHA-256.
+
+    A file without a record (installed by an mmpt that did not record one) loads with a warning.
+    """
+    sums = sums or PROJECTOR_SUMS
+    expected = projector_sums(sums).get(path.name)
+    if expected is None:
+        log.warning("projector %s has no recorded SHA-256 in %s: it is loaded unchecked; `mmpt pretrain-projector "
+                    "--install` records one", path, sums)
+        return
+    actual = _file_sha256(path)
+    if actual != expected:
+        raise ValueError(f"projector checkpoint {path} is damaged or was replaced by hand: its SHA-256 is "
+                         f"{actual[:16]}..., {sums.name} records {expected[:16]}...; reinstall mmpt, or rebuild it "
+                         "with `mmpt pretrain-projector [--model NAME] --install` (which records the new file)")
+
+
+def record_projector(path: Path, sums: Path | None = None) -> None:
+    """Record ``path``'s SHA-256 in ``sums`` (default :data:`PROJECTOR_SUMS`), after ``mmpt pretrain-projector
+    --install`` wrote it."""
+    sums = sums or PROJECTOR_SUMS
+    recorded = projector_sums(sums)
+    recorded[path.name] = _file_sha256(path)
+    sums.write_text(json.dumps(dict(sorted(recorded.items())), indent=2) + "\n")
+
+
 def build_embedded_vlm(
     lm_folder: Path,
     make_processor: Callable[[Any], VLMProcessor],
@@ -179,6 +229,9 @@ def build_embedded_vlm(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    path = Path(projector_checkpoint) if projector_checkpoint else default_checkpoint
+    if path.is_file() and path.resolve() == default_checkpoint.resolve():
+        check_projector(path)  # before the LM loads: a damaged shipped file fails at once
     tokenizer = AutoTokenizer.from_pretrained(lm_folder)
     lm = AutoModelForCausalLM.from_pretrained(lm_folder, dtype=dtype, attn_implementation=attn_implementation)
     processor = make_processor(tokenizer)
@@ -189,7 +242,6 @@ def build_embedded_vlm(
         processor.image_token_id,
         NUM_IMAGE_TOKENS,
     )
-    path = Path(projector_checkpoint) if projector_checkpoint else default_checkpoint
     if path.is_file():
         model.projector.load_state_dict(load_file(path))
     elif projector_checkpoint:
