@@ -30,11 +30,11 @@ def by_arm(rows: list[dict[str, str]], key: str = "accuracy") -> dict[str, dict[
     return out
 
 
-def pairs(arms: dict[str, dict[int, float]]) -> list[dict[str, object]]:
-    """Paired differences a - b over shared seeds; ``exceeds_spread``: every seed's difference has the mean's sign
-    and the mean is larger than the differences' standard deviation."""
+def pairs(arms: dict[str, dict[int, float]], compared: list[tuple[str, str]] = PAIRS) -> list[dict[str, object]]:
+    """Paired differences a - b over shared seeds for each ``(a, b)`` of ``compared``; ``exceeds_spread``: every
+    seed's difference has the mean's sign and the mean is larger than the differences' standard deviation."""
     out = []
-    for a, b in PAIRS:
+    for a, b in compared:
         seeds = sorted(set(arms.get(a, {})) & set(arms.get(b, {})))
         if not seeds:
             continue
@@ -48,13 +48,15 @@ def pairs(arms: dict[str, dict[int, float]]) -> list[dict[str, object]]:
     return out
 
 
-def plot(arms: dict[str, dict[int, float]], path: Path) -> None:
+def plot(arms: dict[str, dict[int, float]], path: Path, order: list[str] = ORDER,
+         title: str = "mmpt-tiny, 200 training questions") -> None:
+    """Bars of mean ± std over seeds (dots: the seeds) for the arms of ``order`` that ``arms`` has."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [a for a in ORDER if a in arms]
+    names = [a for a in order if a in arms]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names) + 2), 4.5))
     for i, name in enumerate(names):
         values = list(arms[name].values())
@@ -64,7 +66,7 @@ def plot(arms: dict[str, dict[int, float]], path: Path) -> None:
         ax.scatter([i] * len(values), values, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set(ylim=(0, 1), ylabel="easy-VQA accuracy (200 test questions)",
-           title="mmpt-tiny, 200 training questions\nmean ± std over seeds (dots: seeds)")
+           title=f"{title}\nmean ± std over seeds (dots: seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
