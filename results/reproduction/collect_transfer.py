@@ -1,7 +1,8 @@
 """Claim 6 of the reproduction study: collect the transfer runs (``run_claim_6.sh``) into
 ``claim6_transfer_runs.csv`` (one row per run: accuracy per question type before and after tuning on color and
 shape questions) and ``claim6_transfer_summary.csv`` (per arm, mean ± std over seeds of the change on the held-out
-yes/no questions and on the trained types), and draw ``claim6_transfer.png``."""
+yes/no questions and on the trained types), and draw ``claim6_transfer.png``. ``collect_transfer.py g3`` does the
+same for the second model's runs (``run_gemma3.sh``: arms ``g3_heldout_*``) into ``gemma3_claim6_transfer_*``."""
 
 from __future__ import annotations
 
@@ -25,16 +26,19 @@ def change(row: dict[str, object], key: str) -> float:
     return float(row[key]) - float(row[f"before_{key}"])  # type: ignore[arg-type]
 
 
-def main() -> int:
-    table = rows(ROOT / "runs" / "repro", prefix="heldout_", skip=())
+def main(argv: list[str]) -> int:
+    second = argv[:1] == ["g3"]
+    prefix, stem, model = ("g3_heldout_", "gemma3_claim6", "mmpt-tiny-gemma3") if second else \
+        ("heldout_", "claim6", "mmpt-tiny")
+    table = rows(ROOT / "runs" / "repro", prefix=prefix, skip=())
     if not table:
         print("no finished transfer runs under runs/repro yet", file=sys.stderr)
         return 1
     for row in table:
-        row["arm"] = str(row["arm"]).removeprefix("heldout_")
+        row["arm"] = str(row["arm"]).removeprefix(prefix)
         row["held_out_change"] = round(change(row, HELD_OUT), 4)
         row["trained_change"] = round(statistics.fmean(change(row, k) for k in TRAINED), 4)
-    write(OUT / "claim6_transfer_runs.csv", table)
+    write(OUT / f"{stem}_transfer_runs.csv", table)
     summary = []
     found = dict.fromkeys(str(r["arm"]) for r in table)
     for arm in [a for a in ("prefix", "lora", "full") if a in found] + [a for a in found if a not in ("prefix", "lora", "full")]:
@@ -45,7 +49,7 @@ def main() -> int:
             line[f"{key}_mean"] = round(statistics.fmean(values), 4)
             line[f"{key}_std"] = round(statistics.stdev(values), 4) if len(values) > 1 else ""
         summary.append(line)
-    write(OUT / "claim6_transfer_summary.csv", summary)
+    write(OUT / f"{stem}_transfer_summary.csv", summary)
     fig, ax = plt.subplots(figsize=(5, 3.2))
     arms = [str(s["arm"]) for s in summary]
     for offset, key, label in ((-0.2, "trained_change", "trained types (color, shape)"),
@@ -55,13 +59,13 @@ def main() -> int:
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(arms)), arms)
     ax.set_ylabel("accuracy change vs base")
-    ax.set_title("Claim 6: tuned on color + shape (yes/no held out)\nmean ± std over seeds", fontsize=9)
+    ax.set_title(f"Claim 6 ({model}): tuned on color + shape (yes/no held out)\nmean ± std over seeds", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(OUT / "claim6_transfer.png", dpi=120)
-    print(f"{len(table)} runs -> {OUT / 'claim6_transfer_runs.csv'}")
+    fig.savefig(OUT / f"{stem}_transfer.png", dpi=120)
+    print(f"{len(table)} runs -> {OUT / f'{stem}_transfer_runs.csv'}")
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

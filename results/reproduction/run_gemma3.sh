@@ -26,3 +26,4 @@ done
 for arm in ${HELDOUT_ARMS-prefix lora full}; do
   "$MMPT" sweep "$C/heldout_$arm.yaml" "$G3" "name=g3_heldout_$arm" seed=0,1,2 --no-progress
 done
+.venv/bin/python results/reproduction/collect_transfer.py g3 || true
