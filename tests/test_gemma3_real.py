@@ -58,9 +58,12 @@ def test_missing_weights_name_the_make_target(monkeypatch: pytest.MonkeyPatch) -
         models.load("mmpt-tiny-gemma3")
 
 
-def test_listing_says_the_projector_is_random() -> None:
+def test_listing_names_the_pretrained_projector_and_the_install_target() -> None:
+    from mmpt.models import tiny_gemma3
+
     entry = next(e for e in models.list_models() if e.name == "mmpt-tiny-gemma3")
-    assert "RANDOM projector" in entry.description and "install-gemma3" in entry.description
+    assert "pretrained projector" in entry.description and "install-gemma3" in entry.description
+    assert tiny_gemma3.PROJECTOR_CHECKPOINT.is_file()  # shipped, and checked by test_projector_checksum.py
     assert entry.family.tower("lm").backbone == "language_model.model"
 
 

@@ -52,7 +52,7 @@ def projector_checkpoint_models() -> list[str]:
 class ModelConfig:
     """Which model to load. ``name`` is a registered model (``mmpt models`` lists them), a local checkpoint folder
     or a cached hub id. ``projector_checkpoint`` replaces the shipped projector weights; only models that load
-    one accept it (:func:`projector_checkpoint_models`: ``mmpt-tiny``), any other model refuses it."""
+    one accept it (:func:`projector_checkpoint_models`: ``mmpt-tiny``, ``mmpt-tiny-gemma3``), any other model refuses it."""
 
     name: str = "mmpt-tiny"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"

