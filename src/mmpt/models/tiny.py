@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_model
 from torch import nn
 
-from mmpt.cache import cached_build
+from mmpt.cache import cached_build, sha256_file
 from mmpt.models.family import Family, Tower
 from mmpt.models.vlm import ImageTransform, Projector, VisionLanguageModel, VLMProcessor
 
@@ -157,10 +157,6 @@ def _processor(tokenizer: object) -> VLMProcessor:
     return VLMProcessor(tokenizer, ImageTransform(size=224), image_token_id, NUM_IMAGE_TOKENS)
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def projector_sums(sums: Path | None = None) -> dict[str, str]:
     """The recorded SHA-256 of every shipped or installed projector, by file name (empty when none is recorded).
 
@@ -190,7 +186,7 @@ def check_projector(path: Path, sums: Path | None = None) -> None:
         log.warning("projector %s has no recorded SHA-256 in %s: it is loaded unchecked; `mmpt pretrain-projector "
                     "--install` records one", path, sums)
         return
-    actual = _file_sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ValueError(f"projector checkpoint {path} is damaged or was replaced by hand: its SHA-256 is "
                          f"{actual[:16]}..., {sums.name} records {expected[:16]}...; reinstall mmpt, or rebuild it "
@@ -202,7 +198,7 @@ def record_projector(path: Path, sums: Path | None = None) -> None:
     --install`` wrote it."""
     sums = sums or PROJECTOR_SUMS
     recorded = projector_sums(sums)
-    recorded[path.name] = _file_sha256(path)
+    recorded[path.name] = sha256_file(path)
     sums.write_text(json.dumps(dict(sorted(recorded.items())), indent=2) + "\n")
 
 
