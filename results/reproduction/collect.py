@@ -82,7 +82,8 @@ def main(argv: list[str]) -> int:
     if argv[0] not in groups:
         print(f"usage: collect.py [{' | '.join(groups)}]", file=sys.stderr)
         return 2
-    return collect(argv[0] if argv[0] != "g3" else "gemma3_claims_1_2", prefix=groups[argv[0]], skip=())
+    return collect(argv[0] if argv[0] != "g3" else "gemma3_claims_1_2", prefix=groups[argv[0]],
+                   skip=("g3_heldout_",) if argv[0] == "g3" else ())  # g3's claim 6 runs: collect_transfer.py g3
 
 
 if __name__ == "__main__":
