@@ -78,12 +78,13 @@ def main(argv: list[str]) -> int:
     """``collect.py`` (claims 1-3), ``collect.py claim5`` or ``collect.py g3`` (one CSV pair per group of arms)."""
     if not argv:
         return collect("claims_1_3")
-    groups = {"claim5": "claim5_", "g3": "g3_"}
+    # group: (CSV name, arm prefix, arms to skip); g3's held-out runs belong to claim 6 (collect_transfer.py g3)
+    groups = {"claim5": ("claim5", "claim5_", ()), "g3": ("gemma3_claims_1_2", "g3_", ("g3_heldout_",))}
     if argv[0] not in groups:
         print(f"usage: collect.py [{' | '.join(groups)}]", file=sys.stderr)
         return 2
-    return collect(argv[0] if argv[0] != "g3" else "gemma3_claims_1_2", prefix=groups[argv[0]],
-                   skip=("g3_heldout_",) if argv[0] == "g3" else ())  # g3's claim 6 runs: collect_transfer.py g3
+    name, prefix, skip = groups[argv[0]]
+    return collect(name, prefix=prefix, skip=skip)
 
 
 if __name__ == "__main__":
